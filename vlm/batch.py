@@ -1,0 +1,95 @@
+"""The typed batch that travels from a collator to a model, and the encoders' output contract (DESIGN §2)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Batch:
+    """One mini-batch of paired text and image regions.
+
+    Attributes:
+        input_ids: WordPiece ids ``[B, T]`` starting with ``[CLS]``.
+        attention_mask: 1 for real text tokens, 0 for padding ``[B, T]``.
+        token_type_ids: segment ids ``[B, T]``.
+        region_feats: pooled region features ``[B, K, D]`` (float).
+        region_boxes: boxes ``[B, K, 4]`` as x1, y1, x2, y2 divided by image width/height, in [0, 1].
+        region_mask: 1 for real regions, 0 for padding ``[B, K]``.
+        mlm_labels: masked-LM targets ``[B, T]`` (-100 where not predicted).
+        region_labels: dict of masked-region targets (e.g. ``mask``, ``feat``, ``obj``, ``obj_conf``, ``attr``,
+            ``attr_conf``), each ``[B, K, ...]``.
+        matched: 1 where text and image belong together, 0 for a mismatched pair ``[B]``.
+        answer_targets: soft answer scores ``[B, num_answers]`` in [0, 1].
+        labels: class ids ``[B]`` for the ``[CLS]`` classifier.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    region_feats: torch.Tensor
+    region_boxes: torch.Tensor
+    region_mask: torch.Tensor
+    mlm_labels: torch.Tensor | None = None
+    region_labels: dict[str, torch.Tensor] | None = None
+    matched: torch.Tensor | None = None
+    answer_targets: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """Move every tensor (and those in ``region_labels``) to ``device``."""
+
+        def move(x):
+            if isinstance(x, torch.Tensor):
+                return x.to(device, non_blocking=non_blocking)
+            if isinstance(x, dict):
+                return {k: move(v) for k, v in x.items()}
+            return x
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+    def check(self, visual_feat_dim: int, visual_pos_dim: int) -> None:
+        """Raise a ValueError naming the field when shapes disagree with each other or with the model."""
+        if self.input_ids.dim() != 2:
+            raise ValueError(f"Batch.input_ids: expected [B, T], got shape {tuple(self.input_ids.shape)}")
+        b, t = self.input_ids.shape
+        for name in ("attention_mask", "token_type_ids"):
+            shape = tuple(getattr(self, name).shape)
+            if shape != (b, t):
+                raise ValueError(f"Batch.{name}: expected shape {(b, t)} like input_ids, got {shape}")
+        if self.region_feats.dim() != 3 or self.region_feats.shape[0] != b:
+            raise ValueError(f"Batch.region_feats: expected [B={b}, K, D], got {tuple(self.region_feats.shape)}")
+        k, d = self.region_feats.shape[1:]
+        if d != visual_feat_dim:
+            raise ValueError(
+                f"Batch.region_feats: feature size {d} but the model expects visual_feat_dim={visual_feat_dim} "
+                f"(create the model with visual_feat_dim={d} to match these features)"
+            )
+        if tuple(self.region_boxes.shape) != (b, k, visual_pos_dim):
+            raise ValueError(
+                f"Batch.region_boxes: expected shape {(b, k, visual_pos_dim)}, got {tuple(self.region_boxes.shape)}"
+            )
+        if tuple(self.region_mask.shape) != (b, k):
+            raise ValueError(f"Batch.region_mask: expected shape {(b, k)}, got {tuple(self.region_mask.shape)}")
+
+
+@dataclass
+class EncoderOutput:
+    """What both encoders return.
+
+    Attributes:
+        text_states: final text-stream states ``[B, T, H]`` aligned with ``input_ids``.
+        region_states: final region states ``[B, K, H]`` aligned with ``region_feats``.
+        pooled: the cross-modality ``[CLS]`` vector ``[B, H]`` (tanh pooler).
+    """
+
+    text_states: torch.Tensor
+    region_states: torch.Tensor
+    pooled: torch.Tensor

