@@ -80,6 +80,9 @@ class ModelConfig:
         for name in ("l_layers", "r_layers", "x_layers", "num_layers", "num_answers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("pad_token_id", "sep_token_id") if self.arch == "vilbert" else ("pad_token_id",):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ConfigError(f"model.{name} ({getattr(self, name)}) must be in [0, vocab_size={self.vocab_size})")
         if self.region_token_type >= self.type_vocab_size:
             raise ConfigError(
                 f"model.region_token_type ({self.region_token_type}) must be < model.type_vocab_size "
@@ -177,6 +180,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected float, got {value!r}")
     if tp is str:
         if isinstance(value, str):

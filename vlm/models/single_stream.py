@@ -52,7 +52,7 @@ class SingleStreamEncoder(nn.Module):
         x = torch.cat([text[:, :1], region, text[:, 1:]], dim=1)  # [CLS] [IMG] v.. [SEP] w.. [SEP]
 
         rmask = batch.region_mask.to(batch.attention_mask.dtype)
-        has = rmask.amax(dim=1, keepdim=True) if k else torch.zeros_like(rmask[:, :1])
+        has = rmask.amax(dim=1, keepdim=True) if k else rmask.new_zeros(rmask.shape[0], 1)
         am = batch.attention_mask
         mask = torch.cat([am[:, :1], has, rmask, has, am[:, 1:]], dim=1)  # (B, T+K+2)
         bias = key_padding_bias(mask, x.dtype)

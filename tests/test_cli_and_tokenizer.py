@@ -1,0 +1,55 @@
+"""The `vlm` command in-process and as a real console script; the default tokenizer."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import vlm
+from vlm.cli import main
+
+
+def test_vlm_models_lists_presets_with_parameter_counts(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["preset", "arch"]
+    rows = {line.split()[0]: line.split() for line in out[1:]}
+    assert set(rows) == set(vlm.list_models())
+    # counts come from the real modules: LXMERT-base encoder is ~208M parameters, vilbert-base ~111M
+    assert rows["lxmert-base"][5] == "207.9M" and rows["vilbert-base"][5] == "111.1M"
+    assert rows["lxmert-mini"][3] == "6L/2R/2X"
+
+
+def test_vlm_models_bad_override_is_a_clear_error(capsys):
+    assert main(["models", "model.x_layerz=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'model.x_layerz'" in err and "x_layers" in err and "Traceback" not in err
+
+
+def test_console_script_help():
+    exe = shutil.which("vlm", path=os.path.dirname(sys.executable))
+    assert exe, "the vlm console script is not installed (pip install -e .)"
+    res = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    for cmd in ("models", "extract", "features", "demo"):
+        assert cmd in res.stdout
+
+
+def test_default_tokenizer_is_bert_base_uncased_wordpiece():
+    tok = vlm.load_tokenizer()
+    assert tok.is_fast and tok.vocab_size == 30522
+    enc = tok("What color is the Triangle?")
+    assert tok.convert_ids_to_tokens(enc["input_ids"]) == ["[CLS]", "what", "color", "is", "the", "triangle", "?",
+                                                            "[SEP]"]
+    assert (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.mask_token_id) == (101, 102, 0, 103)
+
+
+def test_tokenizer_from_local_folder_and_offline_error(tmp_path):
+    tok = vlm.load_tokenizer()
+    tok.save_pretrained(tmp_path / "tok")
+    again = vlm.load_tokenizer(tmp_path / "tok")
+    assert again("a red circle")["input_ids"] == tok("a red circle")["input_ids"]
+    with pytest.raises(OSError, match="not a local folder and not loadable"):
+        vlm.load_tokenizer("no-such-org/no-such-tokenizer")

@@ -1,0 +1,192 @@
+"""Model behaviour: output contract, masking, every preset at tiny size, checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+import vlm
+from conftest import TINY, make_batch
+from vlm.models import LxmertEncoder, SingleStreamEncoder
+
+PRESETS = vlm.list_models()
+
+
+def tiny(name: str, task: str = "encoder", **kw) -> vlm.VLMModel:
+    torch.manual_seed(0)
+    return vlm.create_model(name, task=task, **{**TINY, **kw})
+
+
+@pytest.mark.parametrize("name", ["lxmert-mini", "vilbert-mini"])
+def test_encoder_output_contract(name, tiny_batch):
+    m = tiny(name).eval()
+    out = m(tiny_batch)
+    assert isinstance(out, vlm.EncoderOutput)
+    assert out.text_states.shape == (3, 9, 32)
+    assert out.region_states.shape == (3, 10, 32)
+    assert out.pooled.shape == (3, 32)
+    assert isinstance(m.encoder, LxmertEncoder if name.startswith("lxmert") else SingleStreamEncoder)
+    # pooled is tanh(W h_[CLS]) of the final text states
+    ref = torch.tanh(m.encoder.pooler.dense(out.text_states[:, 0]))
+    torch.testing.assert_close(out.pooled, ref)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("task", ["pretraining", "vqa", "classification"])
+def test_every_preset_forward_backward_no_nan(name, task):
+    m = tiny(name, task=task, num_answers=7, num_labels=3, visual_obj_loss=True, visual_attr_loss=True).train()
+    b = make_batch()
+    b.answer_targets = torch.rand(3, 7)
+    b.labels = torch.tensor([0, 2, 1])
+    out = m(b)
+    if task == "pretraining":
+        assert out.mlm_logits.shape == (3, 9, 99) and out.matched_logits.shape == (3, 2)
+        assert out.answer_logits.shape == (3, 7)
+        assert {k: tuple(v.shape) for k, v in out.region_outputs.items()} == {
+            "obj": (3, 10, 11), "attr": (3, 10, 5), "feat": (3, 10, 12)}
+        loss = out.mlm_logits.logsumexp(-1).mean() + sum(v.square().mean() for v in out.region_outputs.values()) \
+            + out.matched_logits.sum() + out.answer_logits.sum()
+    else:
+        assert out.logits.shape == (3, 7 if task == "vqa" else 3)
+        loss = out.loss
+        assert loss is not None and torch.isfinite(loss)
+    loss.backward()
+    no_grad = {n for n, p in m.named_parameters() if p.grad is None}
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    if name.startswith("lxmert") and task != "pretraining":
+        # LXMERT pools the text [CLS]: the last cross layer's region-side self-attention/FFN cannot reach it.
+        last = f"encoder.cross_layers.{len(m.encoder.cross_layers) - 1}."
+        expected = {n for n, _ in m.named_parameters() if n.startswith((last + "region_self.", last + "region_ffn."))}
+        assert no_grad == expected
+    else:
+        assert no_grad == set(), f"parameters without gradient: {sorted(no_grad)}"
+    # the region side and the text side both receive gradient
+    assert m.encoder.region_encoder.feat_proj.weight.grad.abs().sum() > 0
+    assert m.encoder.embeddings.word.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["lxmert-mini", "vilbert-mini"])
+def test_no_nan_when_everything_is_masked(name):
+    m = tiny(name, task="pretraining").eval()
+    b = make_batch()
+    b.region_mask.zero_()  # no regions at all
+    out = m(b)
+    for t in (out.text_states, out.region_states, out.pooled, out.mlm_logits, out.matched_logits):
+        assert torch.isfinite(t).all()
+    b = make_batch()
+    b.attention_mask.zero_()
+    b.attention_mask[:, 0] = 1  # only [CLS]
+    out = m(b)
+    assert all(torch.isfinite(t).all() for t in (out.text_states, out.region_states, out.pooled))
+    # bf16 too (mixed precision path)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        b.region_mask.zero_()
+        out = m(b)
+    assert torch.isfinite(out.pooled.float()).all()
+
+
+@pytest.mark.parametrize("name", ["lxmert-mini", "vilbert-mini"])
+def test_padding_does_not_change_real_positions(name):
+    """Padded text tokens and padded regions must be invisible to everything else."""
+    m = tiny(name).eval()
+    b = make_batch(b=1, t=6, k=5)
+    short = m(b)
+    pad = make_batch(b=1, t=6, k=5)
+    pad.input_ids = torch.cat([b.input_ids, torch.zeros(1, 4, dtype=torch.long)], 1)
+    pad.attention_mask = torch.cat([b.attention_mask, torch.zeros(1, 4, dtype=torch.long)], 1)
+    pad.token_type_ids = torch.zeros_like(pad.input_ids)
+    pad.region_feats = torch.cat([b.region_feats, torch.randn(1, 3, 12) * 50], 1)
+    pad.region_boxes = torch.cat([b.region_boxes, torch.rand(1, 3, 4)], 1)
+    pad.region_mask = torch.cat([b.region_mask, torch.zeros(1, 3, dtype=torch.long)], 1)
+    long = m(pad)
+    torch.testing.assert_close(long.text_states[:, :6], short.text_states, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(long.region_states[:, :5], short.region_states, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(long.pooled, short.pooled, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["lxmert-mini", "vilbert-mini"])
+def test_regions_change_the_text_states(name):
+    """Fusion is real: different image features change the pooled vector."""
+    m = tiny(name).eval()
+    b = make_batch()
+    a = m(b).pooled
+    b.region_feats = b.region_feats + 1.0
+    assert (m(b).pooled - a).abs().max() > 1e-3
+
+
+def test_single_stream_sequence_layout():
+    """Without regions, [IMG] and the region [SEP] are masked: text states equal a pure text pass."""
+    m = tiny("vilbert-mini").eval()
+    b = make_batch()
+    b.region_mask.zero_()
+    with_regions_masked = m(b).text_states
+    b2 = make_batch(k=0)
+    b2.region_feats, b2.region_boxes = torch.zeros(3, 0, 12), torch.zeros(3, 0, 4)
+    b2.region_mask = torch.zeros(3, 0, dtype=torch.long)
+    torch.testing.assert_close(m(b2).text_states, with_regions_masked, atol=1e-5, rtol=1e-4)
+
+
+def test_mlm_decoder_is_tied_to_word_embeddings():
+    m = tiny("lxmert-mini", task="pretraining")
+    assert m.mlm.decoder.weight is m.encoder.embeddings.word.weight
+
+
+@pytest.mark.parametrize("name,task", [("lxmert-mini", "pretraining"), ("vilbert-mini", "vqa"),
+                                        ("vilbert-mini", "classification"), ("lxmert-mini", "encoder")])
+def test_save_and_load_roundtrip(tmp_path, name, task):
+    m = tiny(name, task=task, num_answers=5).eval()
+    b = make_batch()
+    m.save_pretrained(tmp_path / "ck")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
+    meta = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert meta["task"] == task and meta["model"]["hidden_size"] == 32
+    m2 = vlm.from_pretrained(tmp_path / "ck").eval()
+    assert type(m2) is type(m)
+    o1, o2 = m(b), m2(b)
+    torch.testing.assert_close(o1.pooled, o2.pooled, atol=0, rtol=0)
+    if task == "pretraining":
+        assert m2.mlm.decoder.weight is m2.encoder.embeddings.word.weight
+        torch.testing.assert_close(o1.mlm_logits, o2.mlm_logits, atol=0, rtol=0)
+
+
+def test_pretraining_checkpoint_loads_as_vqa(tmp_path):
+    pre = tiny("lxmert-mini", task="pretraining")
+    pre.save_pretrained(tmp_path / "pre")
+    with pytest.raises(RuntimeError, match="missing:.*answer.fc1.weight"):
+        vlm.from_pretrained(tmp_path / "pre", task="vqa", strict=True, num_answers=13)
+    vqa = vlm.from_pretrained(tmp_path / "pre", task="vqa", num_answers=13)
+    assert vqa.answer.fc2.out_features == 13
+    for k, v in pre.encoder.state_dict().items():
+        assert torch.equal(vqa.encoder.state_dict()[k], v), k
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a vlm checkpoint"):
+        vlm.from_pretrained(tmp_path)
+
+
+def test_batch_shape_errors_name_the_field():
+    m = tiny("lxmert-mini")
+    b = make_batch(d=20)
+    with pytest.raises(ValueError, match=r"Batch.region_feats: feature size 20 but the model expects visual_feat_dim=12"):
+        m(b)
+    b = make_batch()
+    b.region_mask = b.region_mask[:, :4]
+    with pytest.raises(ValueError, match=r"Batch.region_mask: expected shape \(3, 10\)"):
+        m(b)
+
+
+def test_vqa_loss_is_soft_score_bce_times_answers():
+    m = tiny("vilbert-mini", task="vqa", num_answers=4).eval()
+    b = make_batch()
+    b.answer_targets = torch.tensor([[1.0, 0, 0, 0], [0, 0.3, 0.6, 0], [0, 0, 0, 1.0]])
+    out = m(b)
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, b.answer_targets, reduction="sum") / 3
+    torch.testing.assert_close(out.loss, ref)
+
+
+def test_task_errors():
+    with pytest.raises(vlm.ConfigError, match="num_answers > 0"):
+        vlm.create_model("lxmert-mini", task="vqa")
+    with pytest.raises(vlm.ConfigError, match="unknown task 'qa'"):
+        vlm.create_model("lxmert-mini", task="qa")
