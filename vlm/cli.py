@@ -83,9 +83,63 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from vlm.demo import run_demo
+    """Real easy-VQA images → `patches` shards → every preset as a VQA model over the 13 answers (forward only)."""
+    from pathlib import Path
 
-    return run_demo(num_images=args.num_images, out_dir=args.out)
+    import easy_vqa
+    import numpy as np
+    import torch
+
+    import vlm
+    from features.cli import extract_main
+    from features.store import FeatureStore
+
+    store_dir = Path(args.out) / "feats-test"
+    print(f"1/3 extracting patches features for {args.num_images} easy-VQA test images into {store_dir}")
+    code = extract_main(["--source", "easy-vqa:test", "--backend", "patches", "--out", str(store_dir),
+                         "--limit", str(args.num_images), "--no-progress", "--overwrite"])
+    if code:
+        return code
+    store = FeatureStore(store_dir)
+    texts, answers, image_ids = easy_vqa.get_test_questions()
+    table = easy_vqa.get_answers()
+    pick = {}
+    for q, a, i in zip(texts, answers, image_ids):  # first question of each extracted image
+        if str(i) in store and str(i) not in pick:
+            pick[str(i)] = (q, a)
+    ids = sorted(pick, key=int)
+    samples = [store[i] for i in ids]
+    tok = vlm.load_tokenizer()
+    enc = tok([pick[i][0] for i in ids], padding=True, return_tensors="pt")
+    batch = vlm.Batch(
+        input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], token_type_ids=enc["token_type_ids"],
+        region_feats=torch.from_numpy(np.stack([s["feats"] for s in samples])).float(),
+        region_boxes=torch.from_numpy(np.stack([s["boxes"] for s in samples])),
+        region_mask=torch.ones(len(ids), store.num_regions or samples[0]["feats"].shape[0], dtype=torch.long),
+    )
+    print(f"2/3 batch: {len(ids)} questions, {batch.input_ids.shape[1]} tokens, "
+          f"{batch.region_feats.shape[1]} regions x {batch.region_feats.shape[2]}-d features")
+    print(f"    e.g. image {ids[0]}: {pick[ids[0]][0]!r} (answer: {pick[ids[0]][1]})")
+    print("3/3 forward pass of every preset as a VQA model over the 13 easy-VQA answers (untrained heads)")
+    print(f"{'preset':<14}{'params':>9}{'text init':>18}{'forward ms':>12}  pooled     top answer of sample 0")
+    torch.manual_seed(0)
+    for name in vlm.list_models():
+        init = "all-minilm-l6-v2" if name.endswith("-mini") else None
+        model = vlm.create_model(name, task="vqa", num_answers=len(table), visual_feat_dim=store.feature_dim,
+                                 text_init=init).eval()
+        with torch.inference_mode():
+            model(batch)  # warm-up
+            start = time.perf_counter()
+            out = model(batch)
+            ms = (time.perf_counter() - start) * 1000
+        if not torch.isfinite(out.logits).all():
+            print(f"{name}: non-finite logits", file=sys.stderr)
+            return 1
+        top = table[int(out.logits[0].argmax())]
+        print(f"{name:<14}{model.num_parameters() / 1e6:>8.1f}M{init or 'random':>18}{ms:>12.1f}  "
+              f"{tuple(out.pooled.shape)!s:<10} {top}")
+    print("The answer heads are untrained: answers are arbitrary until `vlm finetune` exists (a later issue).")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

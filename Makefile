@@ -1,0 +1,37 @@
+# Two commands for a fresh machine: `make demo` and `make test` (each creates .venv and installs when needed).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.vlm-installed
+ARCH   := $(shell uname -m)
+# torch: the CUDA build from this machine's disk on x86_64 (runs on CPU too); a CPU build on aarch64.
+ifeq ($(ARCH),aarch64)
+TORCH  ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: install demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/vlm demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/model_throughput.py
+
+clean:
+	rm -rf $(VENV) runs/demo .pytest_cache
