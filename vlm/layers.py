@@ -77,8 +77,9 @@ class RegionEncoder(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention with output projection, dropout, residual and post-LayerNorm.
 
-    One fused ``qkv`` projection. Called with ``context`` it is cross-attention: queries from ``x``, keys and values
-    from ``context`` through the same weights (LXMERT shares one cross-attention module for both directions).
+    One fused ``qkv`` projection. Cross-attention uses ``project`` on both streams and ``attend`` with the queries of
+    one and the keys/values of the other (LXMERT shares one cross-attention module for both directions, so every
+    projection of both streams is needed and each stream takes one GEMM).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -92,25 +93,24 @@ class Attention(nn.Module):
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
         self.attn_dropout = cfg.attention_probs_dropout_prob
 
-    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        b, s, _ = x.shape  # (B, S, n*H) -> n tensors (B, nh, S, hd)
-        return x.view(b, s, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of ``x`` ``[B, S, H]``, each ``[B, nh, S, hd]``, from one fused GEMM."""
+        b, s, _ = x.shape
+        return self.qkv(x).view(b, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
-    def forward(
-        self, x: torch.Tensor, bias: torch.Tensor | None, context: torch.Tensor | None = None
+    def attend(
+        self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        """Attend from ``x`` ``[B, S, H]`` to itself or to ``context`` ``[B, S', H]``; ``bias`` is ``[B, 1, 1, S']``."""
+        """SDPA of ``q`` over ``k``/``v`` (``bias`` ``[B, 1, 1, S']``), output projection, residual ``x``, LayerNorm."""
         b, s, h = x.shape
-        if context is None:
-            q, k, v = self._heads(self.qkv(x), 3)
-        else:
-            w, bb = self.qkv.weight, self.qkv.bias
-            q = self._heads(F.linear(x, w[:h], bb[:h]), 1)[0]
-            k, v = self._heads(F.linear(context, w[h:], bb[h:]), 2)
         p = self.attn_dropout if self.training else 0.0
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B, nh, S, hd)
         ctx = ctx.transpose(1, 2).reshape(b, s, h)
         return self.norm(x + self.drop(self.out(ctx)))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Self-attention of ``x`` ``[B, S, H]``; ``bias`` is ``[B, 1, 1, S]``."""
+        return self.attend(x, *self.project(x), bias)
 
 
 class FeedForward(nn.Module):
@@ -154,8 +154,10 @@ class CrossModalLayer(nn.Module):
     def forward(
         self, text: torch.Tensor, text_bias: torch.Tensor, region: torch.Tensor, region_bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self.cross(text, region_bias, context=region)
-        r = self.cross(region, text_bias, context=text)
+        qt, kt, vt = self.cross.project(text)
+        qr, kr, vr = self.cross.project(region)
+        t = self.cross.attend(text, qt, kr, vr, region_bias)  # text queries over regions
+        r = self.cross.attend(region, qr, kt, vt, text_bias)  # region queries over text
         t = self.text_ffn(self.text_self(t, text_bias))
         r = self.region_ffn(self.region_self(r, region_bias))
         return t, r
