@@ -53,3 +53,12 @@ def test_tokenizer_from_local_folder_and_offline_error(tmp_path):
     assert again("a red circle")["input_ids"] == tok("a red circle")["input_ids"]
     with pytest.raises(OSError, match="not a local folder and not loadable"):
         vlm.load_tokenizer("no-such-org/no-such-tokenizer")
+
+
+def test_demo_runs_every_preset_on_real_easy_vqa(tmp_path, capsys):
+    assert main(["demo", "--num-images", "4", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 questions" in out and "17 regions x 768-d features" in out
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in vlm.list_models()]
+    assert [r[0] for r in rows] == vlm.list_models()
+    assert {r[2] for r in rows if r[0].endswith("-mini")} == {"all-minilm-l6-v2"}

@@ -1,0 +1,36 @@
+"""Region features for vision-and-language models: extraction backends and the webdataset feature store.
+
+The package turns images into the image tokens of the encoders — ``(boxes [K, 4], features [K, D], labels?)`` per
+image — and stores them as webdataset shards with a manifest (see ``docs/features.md``):
+
+* :func:`features.extract.extract` / ``vlm extract``: batched, resumable, splittable extraction with the ``patches``,
+  ``grid``, ``detector`` or ``detectron2`` backend (:mod:`features.backends`);
+* :class:`features.store.FeatureStore` (random access by image id) and :func:`features.store.stream` (webdataset
+  pipeline): the readers used by pretraining and fine-tuning;
+* :func:`features.tsv.import_tsv` / ``vlm features import-tsv``: bottom-up-attention TSV files to shards.
+
+It imports nothing from ``vlm``. Heavy modules load on first use, so ``import features`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["FeatureStore", "FeaturesError", "create_extractor", "extract", "import_tsv", "list_backends", "stream"]
+
+_EXPORTS = {
+    "FeatureStore": "features.store",
+    "stream": "features.store",
+    "extract": "features.extract",
+    "create_extractor": "features.backends",
+    "list_backends": "features.backends",
+    "import_tsv": "features.tsv",
+    "FeaturesError": "features.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'features' has no attribute {name!r}")

@@ -1,0 +1,373 @@
+"""Extraction backends: images in, ``(features [K, D], boxes [K, 4], metadata)`` out, one batch at a time.
+
+=============  ===================================================================  ==========================
+backend        regions and features                                                 weights
+=============  ===================================================================  ==========================
+``patches``    raw pixel patches on a fixed grid plus one whole-image region        none
+               (ViLT-style, Kim et al. 2021)
+``grid``       a fixed grid of boxes over a CNN feature map, RoI-aligned and        backbone (timm/torchvision)
+               mean-pooled (grid features, Jiang et al. 2020)
+``detector``   top-K boxes of a torchvision Faster R-CNN (labels and scores kept),  detector + backbone
+               pooled from the chosen backbone
+``detectron2`` the same through a detectron2 predictor (only if installed)          detectron2 checkpoint +
+                                                                                    backbone
+=============  ===================================================================  ==========================
+
+Images reach a backend already decoded and resized to ``image_size x image_size`` (a plain stretch, so normalised
+boxes are the same for the original and the resized image) as a uint8 batch ``[B, 3, S, S]``.
+
+The ``patches`` defaults fit easy-VQA's 64x64 images: a 4x4 grid of 16x16-pixel patches plus the whole image
+downsampled to 16x16 by area averaging, so K = 17 and D = 3 * 16 * 16 = 768. Region 0 is the whole image (box
+``(0, 0, 1, 1)``), regions 1..16 the patches in raster order. Each vector is the patch's pixels in channel-major order
+``(c, y, x)``, scaled to [0, 1] and normalised with the ImageNet mean ``(0.485, 0.456, 0.406)`` and std
+``(0.229, 0.224, 0.225)`` per RGB channel.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from features.backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
+from features.errors import FeaturesError
+from features.pooling import grid_boxes, roi_mean_pool
+from features.proposers import Detectron2Detector, TorchvisionDetector
+
+__all__ = ["BACKENDS", "DetectorExtractor", "Detectron2Extractor", "ExtractedBatch", "Extractor", "GridExtractor",
+           "PatchesExtractor", "create_extractor", "list_backends"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractedBatch:
+    """Output of :meth:`Extractor.extract` for a batch of B images.
+
+    Attributes:
+        feats: float16 ``[B, K, D]``.
+        boxes: float32 ``[B, K, 4]``, normalised ``(x1, y1, x2, y2)``.
+        meta: Per-image extra metadata (labels, scores), or ``None``.
+    """
+
+    feats: np.ndarray
+    boxes: np.ndarray
+    meta: list[dict[str, Any]] | None = None
+
+
+class Extractor(ABC):
+    """Base class of the backends.
+
+    Attributes:
+        name: Backend name.
+        image_size: Side length S the loader resizes images to.
+        feature_dim: D.
+        num_regions: K.
+        random_weights: Whether any weights are random (recorded in the manifest).
+        weights_info: Where each weight file came from.
+        label_names: Class names of ``objects_id`` (detector backends), else ``None``.
+    """
+
+    name: str = ""
+    image_size: int
+    feature_dim: int
+    num_regions: int
+    random_weights: bool = False
+    weights_info: dict[str, Any]
+    label_names: list[str] | None = None
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.weights_info = {}
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """The settings that determine the features (JSON-serialisable; compared when a run resumes)."""
+
+    @abstractmethod
+    def extract(self, images: torch.Tensor) -> ExtractedBatch:
+        """Extract a uint8 batch ``[B, 3, S, S]``."""
+
+    def _normalise(self, images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).float().div_(255.0)
+        mean_t = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        return x.sub_(mean_t).div_(std_t)
+
+
+class PatchesExtractor(Extractor):
+    """Raw pixel patches on a fixed grid plus one whole-image region; needs no weights.
+
+    Args:
+        image_size: Images are resized to ``image_size x image_size``.
+        patch_size: Patch side p; the grid is ``image_size / p`` patches per side and D = 3 p^2.
+        whole_image: Add region 0, the whole image area-downsampled to ``p x p``.
+        mean: RGB mean for normalisation (ImageNet's by default).
+        std: RGB std for normalisation (ImageNet's by default).
+        device: Where to compute.
+    """
+
+    name = "patches"
+
+    def __init__(self, image_size: int = 64, patch_size: int = 16, whole_image: bool = True,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__(device)
+        if patch_size <= 0 or image_size <= 0 or image_size % patch_size:
+            raise FeaturesError(f"backend 'patches': image size {image_size} must be a positive multiple of the patch "
+                                f"size {patch_size}")
+        self.image_size, self.patch_size, self.whole_image = image_size, patch_size, whole_image
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.grid = image_size // patch_size
+        self.num_regions = self.grid * self.grid + int(whole_image)
+        self.feature_dim = 3 * patch_size * patch_size
+        self._boxes = grid_boxes(self.grid, self.grid, whole_image=whole_image).numpy()
+        # uint8 value -> normalised value, per channel (float64 maths, rounded once to float16)
+        levels = np.arange(256, dtype=np.float64) / 255.0
+        self._lut = np.stack([(levels - m) / s for m, s in zip(self.mean, self.std)]).astype(np.float16)  # (3, 256)
+
+    def settings(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "patch_size": self.patch_size, "grid": self.grid,
+                "whole_image": self.whole_image, "mean": list(self.mean), "std": list(self.std),
+                "feature_layout": "(c, y, x) pixels of each patch; region 0 = whole image" if self.whole_image
+                else "(c, y, x) pixels of each patch"}
+
+    def extract(self, images: torch.Tensor) -> ExtractedBatch:
+        if self.device.type == "cpu":
+            return self._extract_numpy(images)
+        return self._extract_torch(images)
+
+    def _extract_numpy(self, images: torch.Tensor) -> ExtractedBatch:
+        """CPU path: pure data movement plus a lookup table (several times faster than small torch ops)."""
+        x = images.permute(0, 2, 3, 1).numpy()  # (B, S, S, 3) uint8; a view when images are channels-last
+        b, p, g = x.shape[0], self.patch_size, self.grid
+        # (B, gy, py, gx, px, C) -> (B, gy, gx, C, py, px): one row per patch in (c, y, x) order
+        patches = np.ascontiguousarray(x.reshape(b, g, p, g, p, 3).transpose(0, 1, 3, 5, 2, 4))
+        patches = patches.reshape(b, g * g, 3, p * p)
+        start = int(self.whole_image)
+        feats = np.empty((b, self.num_regions, 3, p * p), dtype=np.float16)
+        for c in range(3):
+            np.take(self._lut[c], patches[:, :, c], out=feats[:, start:, c])
+        if self.whole_image:
+            f = self.image_size // p  # area average of f x f pixel blocks, then normalised
+            blocks = x.reshape(b, p, f, p, f, 3)
+            total = np.zeros((b, p, p, 3), dtype=np.uint32)
+            for i in range(f):  # f*f strided adds beat numpy's multi-axis mean by ~6x here
+                for j in range(f):
+                    total += blocks[:, :, i, :, j]
+            mean = np.asarray(self.mean, dtype=np.float32)
+            std = np.asarray(self.std, dtype=np.float32)
+            whole = (total.astype(np.float32) / (255.0 * f * f) - mean) / std  # (B, p, p, 3)
+            feats[:, 0] = whole.transpose(0, 3, 1, 2).reshape(b, 3, p * p)
+        feats = feats.reshape(b, self.num_regions, self.feature_dim)
+        return ExtractedBatch(feats=feats, boxes=np.broadcast_to(self._boxes, (b, *self._boxes.shape)))
+
+    @torch.inference_mode()
+    def _extract_torch(self, images: torch.Tensor) -> ExtractedBatch:
+        """Accelerator path: the same computation with torch ops on the device."""
+        x = self._normalise(images, self.mean, self.std)  # (B, 3, S, S)
+        b, p, g = x.shape[0], self.patch_size, self.grid
+        patches = x.reshape(b, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, 3 * p * p)
+        if self.whole_image:
+            whole = F.adaptive_avg_pool2d(x, (p, p)).reshape(b, 1, 3 * p * p)
+            patches = torch.cat([whole, patches], dim=1)  # (B, K, D)
+        feats = patches.to(torch.float16).cpu().numpy()
+        return ExtractedBatch(feats=feats, boxes=np.broadcast_to(self._boxes, (b, *self._boxes.shape)))
+
+
+class GridExtractor(Extractor):
+    """Grid features: a fixed ``grid x grid`` set of boxes RoI-aligned from a CNN feature map.
+
+    Args:
+        backbone: timm or torchvision backbone name (``"resnet50"``, ``"timm:resnet18"``, ``"torchvision:resnet50"``).
+        weights: Local backbone weights file.
+        random_weights: Allow random backbone weights (tests, timing).
+        image_size: Input side S. With the default 384 and a stride-32 backbone the map is 12x12 and each of the 6x6
+            boxes covers exactly 2x2 cells.
+        grid: Boxes per side (K = grid^2, plus one with ``whole_image``).
+        whole_image: Add the whole-image box first.
+        pool_size: RoI-align output side before mean pooling.
+        layer: Backbone stage whose map is pooled (-1: the last).
+        seed: Seed of random weights.
+        device: Where to compute.
+    """
+
+    name = "grid"
+
+    def __init__(self, backbone: str = "resnet50", weights: str | None = None, random_weights: bool = False,
+                 image_size: int = 384, grid: int = 6, whole_image: bool = False, pool_size: int = 2,
+                 layer: int = -1, seed: int = 0, device: str | torch.device = "cpu") -> None:
+        super().__init__(device)
+        if grid <= 0 or image_size <= 0 or pool_size <= 0:
+            raise FeaturesError(f"backend 'grid': grid ({grid}), image size ({image_size}) and pool size ({pool_size}) "
+                                "must be positive")
+        self.backbone = create_backbone(backbone, weights=weights, random_weights=random_weights, layer=layer,
+                                        seed=seed).to(self.device)
+        self.image_size, self.grid, self.whole_image, self.pool_size, self.layer = (image_size, grid, whole_image,
+                                                                                     pool_size, layer)
+        self.num_regions = grid * grid + int(whole_image)
+        self.feature_dim = self.backbone.out_channels
+        self.weights_info = {"backbone": self.backbone.weights_info}
+        self.random_weights = self.backbone.weights_info["source"] == "random"
+        self._boxes = grid_boxes(grid, grid, whole_image=whole_image)
+        self._pixel_boxes = (self._boxes * image_size).to(self.device)
+
+    def settings(self) -> dict[str, Any]:
+        return {"backbone": self.backbone.name, "layer": self.layer, "image_size": self.image_size, "grid": self.grid,
+                "whole_image": self.whole_image, "pool_size": self.pool_size, "mean": list(self.backbone.mean),
+                "std": list(self.backbone.std)}
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor) -> ExtractedBatch:
+        x = self._normalise(images, self.backbone.mean, self.backbone.std)
+        fmap = self.backbone(x)  # (B, C, h, w)
+        b = x.shape[0]
+        boxes = self._pixel_boxes.unsqueeze(0).expand(b, -1, -1)
+        pooled = roi_mean_pool(fmap, boxes, spatial_scale=fmap.shape[-1] / x.shape[-1], output_size=self.pool_size)
+        boxes_np = self._boxes.numpy()
+        return ExtractedBatch(feats=pooled.to(torch.float16).cpu().numpy(),
+                              boxes=np.broadcast_to(boxes_np, (b, *boxes_np.shape)))
+
+
+class DetectorExtractor(Extractor):
+    """Detected regions: a torchvision Faster R-CNN proposes K boxes, features are pooled from the backbone.
+
+    Args:
+        backbone: Backbone whose feature map is pooled (see :class:`GridExtractor`).
+        weights: Local backbone weights file.
+        random_weights: Allow random weights for backbone and detector (tests, timing).
+        detector: torchvision detector name.
+        detector_weights: Local detector weights file (COCO Faster R-CNN state dict).
+        num_boxes: K (36 as LXMERT).
+        score_thresh: Minimum detection score.
+        nms_thresh: IoU threshold of the per-class NMS.
+        detector_min_size: Shorter side the detector resizes to (``None``: its default).
+        image_size: Side S the images are resized to (for both detector and backbone).
+        pool_size: RoI-align output side before mean pooling.
+        layer: Backbone stage whose map is pooled.
+        seed: Seed of random weights.
+        device: Where to compute.
+    """
+
+    name = "detector"
+
+    def __init__(self, backbone: str = "resnet50", weights: str | None = None, random_weights: bool = False,
+                 detector: str = "fasterrcnn_resnet50_fpn", detector_weights: str | None = None, num_boxes: int = 36,
+                 score_thresh: float = 0.0, nms_thresh: float = 0.5, detector_min_size: int | None = None,
+                 image_size: int = 448, pool_size: int = 4, layer: int = -1, seed: int = 0,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__(device)
+        proposer = TorchvisionDetector(detector, weights=detector_weights, random_weights=random_weights,
+                                       num_boxes=num_boxes, score_thresh=score_thresh, nms_thresh=nms_thresh,
+                                       min_size=detector_min_size, seed=seed, device=self.device)
+        self._setup(proposer, backbone, weights, random_weights, image_size, pool_size, layer, seed)
+
+    def _setup(self, proposer: TorchvisionDetector | Detectron2Detector, backbone: str, weights: str | None,
+               random_weights: bool, image_size: int, pool_size: int, layer: int, seed: int) -> None:
+        self.proposer = proposer
+        self.backbone = create_backbone(backbone, weights=weights, random_weights=random_weights, layer=layer,
+                                        seed=seed).to(self.device)
+        self.image_size, self.pool_size, self.layer = image_size, pool_size, layer
+        self.num_regions = proposer.num_boxes
+        self.feature_dim = self.backbone.out_channels
+        self.label_names = proposer.categories
+        self.weights_info = {"backbone": self.backbone.weights_info, "detector": proposer.weights_info}
+        self.random_weights = any(w.get("source") == "random" for w in self.weights_info.values())
+
+    def settings(self) -> dict[str, Any]:
+        return {**self.proposer.settings, "backbone": self.backbone.name, "layer": self.layer,
+                "image_size": self.image_size, "pool_size": self.pool_size, "mean": list(self.backbone.mean),
+                "std": list(self.backbone.std)}
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor) -> ExtractedBatch:
+        unit = images.to(self.device).float().div_(255.0)  # (B, 3, S, S) in [0, 1]
+        proposals = self.proposer(unit)
+        mean = torch.tensor(self.backbone.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.backbone.std, device=self.device).view(1, 3, 1, 1)
+        fmap = self.backbone((unit - mean) / std)
+        boxes = torch.stack([p.boxes.to(self.device) for p in proposals])  # (B, K, 4) pixels
+        pooled = roi_mean_pool(fmap, boxes, spatial_scale=fmap.shape[-1] / unit.shape[-1],
+                               output_size=self.pool_size)
+        size = float(unit.shape[-1])
+        norm_boxes = (boxes / size).clamp_(0.0, 1.0).float().cpu().numpy()
+        meta = [{"objects_id": p.labels.cpu().tolist(), "objects_conf": [round(float(s), 6) for s in p.scores.cpu()],
+                 "num_valid": p.num_valid} for p in proposals]
+        return ExtractedBatch(feats=pooled.to(torch.float16).cpu().numpy(), boxes=norm_boxes, meta=meta)
+
+
+class Detectron2Extractor(DetectorExtractor):
+    """Detected regions from a detectron2 predictor (e.g. a bottom-up-attention Visual Genome model).
+
+    Args:
+        d2_config: detectron2 config file or model-zoo name.
+        d2_weights: Local detectron2 checkpoint.
+        backbone: Backbone whose feature map is pooled.
+        weights: Local backbone weights file.
+        random_weights: Allow random backbone weights.
+        num_boxes: K.
+        score_thresh: Minimum detection score.
+        nms_thresh: IoU threshold of the NMS.
+        image_size: Side S the images are resized to.
+        pool_size: RoI-align output side before mean pooling.
+        layer: Backbone stage whose map is pooled.
+        seed: Seed of random weights.
+        device: Where to compute.
+    """
+
+    name = "detectron2"
+
+    def __init__(self, d2_config: str | None = None, d2_weights: str | None = None, backbone: str = "resnet50",
+                 weights: str | None = None, random_weights: bool = False, num_boxes: int = 36,
+                 score_thresh: float = 0.2, nms_thresh: float = 0.5, image_size: int = 448, pool_size: int = 4,
+                 layer: int = -1, seed: int = 0, device: str | torch.device = "cpu") -> None:
+        Extractor.__init__(self, device)
+        proposer = Detectron2Detector(d2_config or "", d2_weights, num_boxes=num_boxes, score_thresh=score_thresh,
+                                      nms_thresh=nms_thresh, device=self.device)
+        self._setup(proposer, backbone, weights, random_weights, image_size, pool_size, layer, seed)
+
+
+#: Backends by name.
+BACKENDS: dict[str, type[Extractor]] = {
+    "patches": PatchesExtractor,
+    "grid": GridExtractor,
+    "detector": DetectorExtractor,
+    "detectron2": Detectron2Extractor,
+}
+
+
+def list_backends() -> list[str]:
+    """Names of the registered backends."""
+    return list(BACKENDS)
+
+
+def backend_options(backend: str) -> list[str]:
+    """The keyword options a backend accepts."""
+    return [p for p in inspect.signature(BACKENDS[backend].__init__).parameters if p != "self"]
+
+
+def create_extractor(backend: str, **options: Any) -> Extractor:
+    """Build a backend by name.
+
+    Args:
+        backend: One of :func:`list_backends`.
+        **options: The backend's keyword options (see each class).
+
+    Raises:
+        FeaturesError: On an unknown backend or an option the backend does not take.
+        WeightsError: If the backend needs weights that are not available.
+    """
+    if backend not in BACKENDS:
+        raise FeaturesError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    accepted = backend_options(backend)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise FeaturesError(f"backend {backend!r} does not take option(s) {', '.join(unknown)}; it takes "
+                            f"{', '.join(accepted)}")
+    return BACKENDS[backend](**options)

@@ -1,0 +1,322 @@
+"""Batched, resumable, splittable region-feature extraction into a feature store.
+
+:func:`extract` runs one backend (:mod:`features.backends`) over an image source (:mod:`features.sources`) and writes
+webdataset shards (:mod:`features.store`).
+
+* **Shard plan.** The source's images, in their deterministic order, are cut into consecutive shards of
+  ``shard_size`` images: shard ``j`` holds images ``[j * shard_size, (j + 1) * shard_size)`` minus those that failed.
+  Batches never cross a shard boundary, so every run computes every shard from the same batches.
+* **Parts.** ``part=(i, n)`` takes the shards ``j`` with ``j % n == i``. Several processes (or ``torchrun`` ranks: with
+  no explicit part, ``RANK``/``WORLD_SIZE`` are used) write into the same directory without coordination beyond a
+  file lock around the manifest; the last to finish marks the store complete and writes the index.
+* **Resuming.** A shard becomes visible only when it is complete (written to ``*.tmp``, renamed, sidecar last). A rerun
+  with the same arguments skips the finished shards and redoes the rest; a rerun with different settings or a
+  different image list is refused (``overwrite=True`` starts over).
+* **Bad images.** With ``on_error="skip"`` (the default) an image that cannot be opened or decoded is left out, counted,
+  logged and listed with its reason in the manifest's ``failed`` list; ``on_error="fail"`` stops at the first one with
+  :class:`~features.errors.ImageReadError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from features.backends import Extractor, create_extractor
+from features.errors import FeaturesError, ImageReadError, StoreError
+from features.sources import ImageRecord, describe_source, resolve_source
+from features.store import (FORMAT, FORMAT_VERSION, MANIFEST, ShardWriter, finalize_store, load_manifest,
+                            read_sidecar, shard_name, sidecar_name, store_lock)
+
+__all__ = ["decode_image", "default_num_workers", "extract", "load_image", "parse_part"]
+
+logger = logging.getLogger(__name__)
+
+_PLAN_VOLATILE = ("created", "updated")
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """Parse ``"i/n"`` (0 <= i < n) into ``(i, n)``.
+
+    Raises:
+        FeaturesError: If the text is not of that form.
+    """
+    try:
+        index_text, count_text = text.split("/")
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        raise FeaturesError(f"--part {text!r}: expected i/n with integers 0 <= i < n, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise FeaturesError(f"--part {text!r}: expected i/n with 0 <= i < n, e.g. 0/4")
+    return index, count
+
+
+def _part_from_env() -> tuple[int, int]:
+    """The part of this process under ``torchrun`` (``RANK``/``WORLD_SIZE``), else ``(0, 1)``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
+
+
+def default_num_workers() -> int:
+    """Image-decoding worker processes: the CPU count, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def decode_image(path: str, size: int) -> tuple[np.ndarray, int, int]:
+    """Decode an image, convert to RGB and resize (stretch) to ``size x size``.
+
+    Returns:
+        ``(uint8 [size, size, 3], original width, original height)``.
+    """
+    with Image.open(path) as image:
+        width, height = image.size
+        if image.format == "JPEG":
+            image.draft("RGB", (size, size))  # let libjpeg decode at a reduced scale when the image is large
+        image = image.convert("RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR)
+        array = np.array(image)
+    return array, width, height
+
+
+def load_image(path: str, size: int) -> tuple[torch.Tensor, int, int]:
+    """Like :func:`decode_image`, as a uint8 tensor ``[3, size, size]`` (the layout backends take)."""
+    array, width, height = decode_image(path, size)
+    return torch.from_numpy(array).permute(2, 0, 1), width, height
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Decodes images in DataLoader workers; a failure becomes a reason string instead of an exception."""
+
+    def __init__(self, records: Sequence[ImageRecord], size: int) -> None:
+        self.records, self.size = records, size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, int, int, str | None]:
+        path = self.records[index].path
+        try:
+            image, width, height = decode_image(path, self.size)
+        except FileNotFoundError:
+            return index, None, 0, 0, "file not found"
+        except Exception as exc:  # PIL raises many types for corrupt files; each one is a skip reason
+            return index, None, 0, 0, f"{type(exc).__name__}: {exc}"
+        return index, image, width, height, None
+
+
+def _collate(items: list[tuple[int, np.ndarray | None, int, int, str | None]]) -> dict[str, Any]:
+    ok = [item for item in items if item[1] is not None]
+    # (B, S, S, 3) in memory, seen as (B, 3, S, S): channels-last strides, what the CNN backbones run fastest on
+    images = torch.from_numpy(np.stack([item[1] for item in ok])).permute(0, 3, 1, 2) if ok else None
+    return {
+        "indices": [item[0] for item in ok],
+        "images": images,
+        "sizes": [(item[2], item[3]) for item in ok],
+        "failed": [(item[0], item[4]) for item in items if item[1] is None],
+        "count": len(items),
+    }
+
+
+def _ids_sha256(records: Sequence[ImageRecord]) -> str:
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(record.image_id.encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def _plan(extractor: Extractor, source: dict[str, Any], records: Sequence[ImageRecord], shard_size: int,
+          limit: int | None) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "backend": extractor.name,
+        "settings": extractor.settings(),
+        "weights": extractor.weights_info,
+        "random_weights": extractor.random_weights,
+        "feature_dim": extractor.feature_dim,
+        "num_regions": extractor.num_regions,
+        "feats_dtype": "float16",
+        "boxes_format": "x1,y1,x2,y2 divided by image width,height (float32)",
+        "label_names": extractor.label_names,
+        "source": {**source, "limit": limit, "num_images": len(records), "ids_sha256": _ids_sha256(records)},
+        "shard_size": shard_size,
+        "num_shards": math.ceil(len(records) / shard_size),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _fingerprint(plan: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a plan that must match for a run to resume into an existing store."""
+    keep = {k: v for k, v in plan.items() if k not in _PLAN_VOLATILE and k not in ("source", "weights")}
+    keep["source"] = {k: plan["source"].get(k) for k in ("num_images", "ids_sha256", "limit")}
+    keep["weights"] = {name: info.get("sha256", info.get("source")) for name, info in plan.get("weights", {}).items()}
+    return keep
+
+
+def _store_files(directory: Path) -> list[Path]:
+    patterns = ("shard-*.tar", "shard-*.json", "shard-*.tmp", "index-*.npy", MANIFEST)
+    return [p for pattern in patterns for p in directory.glob(pattern)]
+
+
+def _prepare(directory: Path, plan: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+    """Create or check the store directory (call under the store lock); return the plan to use."""
+    manifest_path = directory / MANIFEST
+    if manifest_path.is_file():
+        existing = load_manifest(directory, require_complete=False)
+        old, new = _fingerprint({k: existing.get(k) for k in plan}), _fingerprint(plan)
+        if old == new:
+            return {k: existing[k] for k in plan}  # keep the original creation time
+        if not overwrite:
+            differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise StoreError(
+                f"{directory} holds an extraction with different {', '.join(differing)}; use another --out, or "
+                "--overwrite to delete it and start over"
+            )
+        logger.warning("overwriting the feature store in %s", directory)
+        for path in _store_files(directory):
+            path.unlink()
+    else:
+        leftovers = [p.name for p in directory.iterdir() if p.name != ".lock"]
+        if leftovers:
+            raise StoreError(f"output folder {directory} is not empty and holds no {MANIFEST} "
+                             f"(found {', '.join(sorted(leftovers)[:5])}); choose a new or empty folder")
+    finalize_store(directory, plan)
+    return plan
+
+
+def extract(source: str | Sequence[ImageRecord], out_dir: str | os.PathLike[str], backend: str | Extractor = "patches",
+            backend_options: dict[str, Any] | None = None, *, batch_size: int = 64, shard_size: int = 1000,
+            num_workers: int | None = None, part: tuple[int, int] | None = None, on_error: str = "skip",
+            overwrite: bool = False, progress: bool = True, limit: int | None = None,
+            device: str | None = None) -> dict[str, Any]:
+    """Extract region features of a source into a feature store (resuming a previous run of the same command).
+
+    Args:
+        source: A source string (``easy-vqa:train``, a folder, a list file) or image records.
+        out_dir: The store directory (created if needed).
+        backend: ``patches``, ``grid``, ``detector`` or ``detectron2``, or an already built
+            :class:`~features.backends.Extractor` (then ``backend_options`` and ``device`` are not used).
+        backend_options: Keyword options of the backend (``image_size``, ``backbone``, ``weights``...).
+        batch_size: Images per forward pass.
+        shard_size: Images per shard (the unit of resuming and of splitting into parts).
+        num_workers: Image-decoding processes (0: decode in this process; ``None``: :func:`default_num_workers`).
+        part: ``(i, n)``: do only the shards ``j`` with ``j % n == i``; ``None`` uses ``RANK``/``WORLD_SIZE``.
+        on_error: ``"skip"`` unreadable images (counted and listed) or ``"fail"`` on the first one.
+        overwrite: Delete an existing store with different settings instead of refusing.
+        progress: Show a progress bar.
+        limit: Extract only the first ``limit`` images of the source.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: the GPU of this rank when there is one.
+
+    Returns:
+        The manifest after this process's part (``complete`` is true once all parts are done).
+
+    Raises:
+        FeaturesError: On bad arguments, sources, weights, an incompatible existing store, or (``on_error="fail"``) an
+            unreadable image.
+    """
+    if on_error not in ("skip", "fail"):
+        raise FeaturesError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        if value < 1:
+            raise FeaturesError(f"{name} must be at least 1, got {value}")
+    if limit is not None and limit < 1:
+        raise FeaturesError(f"limit must be at least 1, got {limit}")
+    records = resolve_source(source) if isinstance(source, str) else list(source)
+    source_info = describe_source(source) if isinstance(source, str) else {"kind": "records"}
+    if limit is not None:
+        records = records[:limit]
+    if not records:
+        raise FeaturesError(f"source {source!r} has no images")
+    index, count = part if part is not None else _part_from_env()
+    if device is None:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    if isinstance(backend, Extractor):
+        extractor = backend
+    else:
+        extractor = create_extractor(backend, **{**(backend_options or {}), "device": device})
+    directory = Path(out_dir)
+    with store_lock(directory):
+        plan = _prepare(directory, _plan(extractor, source_info, records, shard_size, limit), overwrite)
+
+    mine = [j for j in range(plan["num_shards"]) if j % count == index]
+    for j in mine:  # leftovers of an interrupted run of this part
+        for stale in (directory / f"{shard_name(j)}.tmp", directory / f"{sidecar_name(j)}.tmp"):
+            stale.unlink(missing_ok=True)
+    todo = [j for j in mine if read_sidecar(directory, j) is None]
+    logger.info("part %d/%d: %d of %d shards to do (%d already finished)", index, count, len(todo), len(mine),
+                len(mine) - len(todo))
+    if todo:
+        _run(extractor, records, todo, directory, batch_size=batch_size, shard_size=shard_size,
+             num_workers=default_num_workers() if num_workers is None else num_workers, on_error=on_error,
+             progress=progress)
+    with store_lock(directory):
+        manifest = finalize_store(directory, plan)
+    if manifest["num_failed"]:
+        logger.warning("%d image(s) could not be read and were skipped; they are listed under 'failed' in %s",
+                       manifest["num_failed"], directory / MANIFEST)
+    return manifest
+
+
+def _run(extractor: Extractor, records: Sequence[ImageRecord], todo: Sequence[int], directory: Path, *,
+         batch_size: int, shard_size: int, num_workers: int, on_error: str, progress: bool) -> None:
+    """Extract the shards ``todo``, committing each as soon as its last image is written."""
+    work: list[ImageRecord] = []
+    batches: list[list[int]] = []
+    batch_shard: list[int] = []
+    shard_count: dict[int, int] = {}
+    for j in todo:
+        shard_records = records[j * shard_size:(j + 1) * shard_size]
+        start = len(work)
+        work.extend(shard_records)
+        shard_count[j] = len(shard_records)
+        for lo in range(0, len(shard_records), batch_size):
+            batches.append(list(range(start + lo, start + min(lo + batch_size, len(shard_records)))))
+            batch_shard.append(j)
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(work, extractor.image_size), batch_sampler=batches, num_workers=num_workers,
+        collate_fn=_collate, prefetch_factor=4 if num_workers else None,
+    )
+    writer: ShardWriter | None = None
+    failed: list[dict[str, str]] = []
+    bar = tqdm(total=len(work), unit="img", disable=not progress, desc=f"extract[{extractor.name}]", smoothing=0.1)
+    try:
+        for batch_number, batch in enumerate(loader):
+            shard = batch_shard[batch_number]
+            if writer is None:
+                writer, failed = ShardWriter(directory, shard), []
+            for item, reason in batch["failed"]:
+                record = work[item]
+                if on_error == "fail":
+                    raise ImageReadError(f"cannot read image {record.path} (id {record.image_id!r}): {reason}; "
+                                         "use --on-error skip to skip unreadable images")
+                logger.warning("skipping image %s (id %r): %s", record.path, record.image_id, reason)
+                failed.append({"image_id": record.image_id, "path": record.path, "reason": reason})
+            if batch["images"] is not None:
+                out = extractor.extract(batch["images"])
+                for row, item in enumerate(batch["indices"]):
+                    width, height = batch["sizes"][row]
+                    meta = {"width": width, "height": height, **(out.meta[row] if out.meta else {})}
+                    writer.write(work[item].image_id, out.feats[row], out.boxes[row], meta)
+            shard_count[shard] -= batch["count"]
+            bar.update(batch["count"])
+            if shard_count[shard] == 0:
+                record = writer.commit(failed)
+                logger.debug("finished %s: %d samples, %d failed", record["name"], record["num_samples"], len(failed))
+                writer = None
+    finally:
+        if writer is not None:
+            writer.abort()
+        bar.close()

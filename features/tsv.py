@@ -1,0 +1,369 @@
+"""Bottom-up-attention TSV features: read, write, and convert to a feature store.
+
+The bottom-up-attention features of Anderson et al. (2018) — the 36 x 2048 Faster R-CNN (Visual Genome) regions that
+LXMERT, ViLBERT, UNITER and others publish — come as tab-separated text, one image per line, no header, arrays as
+base64 of their raw little-endian buffers. Two layouts exist, told apart by the number of fields:
+
+* 10 fields (LXMERT's files): ``img_id, img_h, img_w, objects_id, objects_conf, attrs_id, attrs_conf, num_boxes, boxes,
+  features`` with ``objects_id``/``attrs_id`` int64 ``[num_boxes]``, ``objects_conf``/``attrs_conf`` float32
+  ``[num_boxes]``, ``boxes`` float32 ``[num_boxes, 4]`` (pixels ``x1, y1, x2, y2``), ``features`` float32
+  ``[num_boxes, D]``;
+* 6 fields (the original ``generate_tsv.py``): ``image_id, image_w, image_h, num_boxes, boxes, features`` — note width
+  before height.
+
+:func:`import_tsv` converts a file to shards (``vlm features import-tsv IN.tsv OUT_DIR``): boxes divided by width and
+height (clipped to [0, 1]), features stored as float16, labels and attributes with their confidences kept in each
+sample's JSON (``objects_id``, ``objects_conf``, ``attrs_id``, ``attrs_conf``). A malformed row raises
+:class:`~features.errors.TSVFormatError` naming the line number, the field and what was expected; with
+``on_error="skip"`` it is counted, logged and listed in the manifest (``{"row", "image_id", "reason"}``) instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from features.errors import FeaturesError, StoreError, TSVFormatError
+from features.store import FORMAT, FORMAT_VERSION, MANIFEST, ShardWriter, finalize_store, store_lock
+
+__all__ = ["LXMERT_FIELDS", "BUTD_FIELDS", "TSVRow", "encode_tsv_row", "import_tsv", "read_tsv", "write_tsv"]
+
+logger = logging.getLogger(__name__)
+
+#: Field order of LXMERT's TSV files.
+LXMERT_FIELDS = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf", "num_boxes",
+                 "boxes", "features")
+#: Field order of the original bottom-up-attention ``generate_tsv.py`` (no labels or attributes).
+BUTD_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
+
+_PER_BOX = {"objects_id": (np.int64, 8), "objects_conf": (np.float32, 4), "attrs_id": (np.int64, 8),
+            "attrs_conf": (np.float32, 4)}
+
+
+@dataclass
+class TSVRow:
+    """One decoded image.
+
+    Attributes:
+        image_id: The image id, kept exactly.
+        height: Image height in pixels.
+        width: Image width in pixels.
+        boxes: float32 ``[K, 4]`` pixel boxes.
+        features: float32 ``[K, D]``.
+        labels: ``objects_id``, ``objects_conf``, ``attrs_id``, ``attrs_conf`` arrays (empty for the 6-field layout).
+    """
+
+    image_id: str
+    height: int
+    width: int
+    boxes: np.ndarray
+    features: np.ndarray
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _b64(value: str, where: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise TSVFormatError(f"{where}: invalid base64 ({exc}); expected base64 of {what}") from None
+
+
+def _int(value: str, where: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise TSVFormatError(f"{where}: expected an integer, got {value[:40]!r}") from None
+    return number
+
+
+class _RowParser:
+    """Parses rows of one file; the layout and feature dim are fixed by the first row."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fields: tuple[str, ...] | None = None
+        self.feature_dim: int | None = None
+
+    def __call__(self, line: str, row: int) -> TSVRow:
+        values = line.rstrip("\r\n").split("\t")
+        if self.fields is None:
+            if len(values) == len(LXMERT_FIELDS):
+                self.fields = LXMERT_FIELDS
+            elif len(values) == len(BUTD_FIELDS):
+                self.fields = BUTD_FIELDS
+            else:
+                raise TSVFormatError(
+                    f"{self.path}, row {row}: expected {len(LXMERT_FIELDS)} tab-separated fields "
+                    f"({', '.join(LXMERT_FIELDS)}) or {len(BUTD_FIELDS)} ({', '.join(BUTD_FIELDS)}), got {len(values)}"
+                )
+        fields = self.fields
+        if len(values) != len(fields):
+            missing = ""
+            if len(values) == len(fields) - 1:
+                candidates = _missing_field_candidates(values, fields)
+                if len(candidates) == 1:
+                    missing = f": field '{candidates[0]}' is missing"
+                elif candidates:
+                    missing = f": one of the fields {', '.join(repr(c) for c in candidates)} is missing"
+            raise TSVFormatError(f"{self.path}, row {row}: expected {len(fields)} tab-separated fields "
+                                 f"({', '.join(fields)}) like row 1, got {len(values)}{missing}")
+        item = dict(zip(fields, values))
+        image_id = item[fields[0]]
+        where = f"{self.path}, row {row} ({fields[0]} {image_id!r})"
+        if not image_id:
+            raise TSVFormatError(f"{self.path}, row {row}: field '{fields[0]}' is empty; expected the image id")
+        h_name, w_name = ("img_h", "img_w") if fields is LXMERT_FIELDS else ("image_h", "image_w")
+        height = _int(item[h_name], f"{where}: field '{h_name}'")
+        width = _int(item[w_name], f"{where}: field '{w_name}'")
+        if height <= 0 or width <= 0:
+            raise TSVFormatError(f"{where}: fields '{h_name}'/'{w_name}' must be positive, got {height}/{width}")
+        num_boxes = _int(item["num_boxes"], f"{where}: field 'num_boxes'")
+        if num_boxes < 0:
+            raise TSVFormatError(f"{where}: field 'num_boxes' must be >= 0, got {num_boxes}")
+        raw_boxes = _b64(item["boxes"], f"{where}: field 'boxes'", f"float32 [num_boxes={num_boxes}, 4]")
+        if len(raw_boxes) != num_boxes * 16:
+            held = f"{len(raw_boxes) / 16:g} boxes" if len(raw_boxes) % 16 == 0 else "a partial box"
+            raise TSVFormatError(f"{where}: field 'num_boxes' is {num_boxes} but field 'boxes' decodes to "
+                                 f"{len(raw_boxes)} bytes ({held}); expected {num_boxes * 16} bytes = float32 "
+                                 f"[{num_boxes}, 4]")
+        boxes = np.frombuffer(raw_boxes, dtype="<f4").reshape(num_boxes, 4)
+        raw_feats = _b64(item["features"], f"{where}: field 'features'", f"float32 [num_boxes={num_boxes}, D]")
+        if self.feature_dim is not None:
+            expected = num_boxes * self.feature_dim * 4
+            if len(raw_feats) != expected:
+                raise TSVFormatError(f"{where}: field 'features' decodes to {len(raw_feats)} bytes; expected {expected}"
+                                     f" = float32 [num_boxes={num_boxes}, D={self.feature_dim}] (truncated?)")
+        elif num_boxes == 0 or len(raw_feats) % (num_boxes * 4) or not raw_feats:
+            raise TSVFormatError(f"{where}: field 'features' decodes to {len(raw_feats)} bytes, not a whole number of "
+                                 f"float32 rows for num_boxes={num_boxes}")
+        features = np.frombuffer(raw_feats, dtype="<f4").reshape(num_boxes, -1)
+        if self.feature_dim is None:
+            self.feature_dim = features.shape[1]
+        labels: dict[str, np.ndarray] = {}
+        for name in fields:
+            if name in _PER_BOX:
+                dtype, width_bytes = _PER_BOX[name]
+                type_name = "int64" if dtype is np.int64 else "float32"
+                raw = _b64(item[name], f"{where}: field '{name}'", f"{type_name} [num_boxes={num_boxes}]")
+                if len(raw) != num_boxes * width_bytes:
+                    raise TSVFormatError(f"{where}: field '{name}' decodes to {len(raw)} bytes; expected "
+                                         f"{num_boxes * width_bytes} = {type_name} [num_boxes={num_boxes}]")
+                labels[name] = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+        return TSVRow(image_id, height, width, boxes, features, labels)
+
+
+def _plausible(item: dict[str, str]) -> bool:
+    """Whether the values fit their fields' types and sizes (used to tell which field a short row lacks)."""
+    try:
+        for name in ("img_h", "img_w", "image_h", "image_w", "num_boxes"):
+            if name in item and not item[name].strip().isdigit():
+                return False
+        boxes = base64.b64decode(item["boxes"], validate=True) if "boxes" in item else None
+        if "num_boxes" in item:
+            k = int(item["num_boxes"])
+        elif boxes is not None and len(boxes) % 16 == 0:
+            k = len(boxes) // 16
+        else:
+            return False
+        if boxes is not None and len(boxes) != 16 * k:
+            return False
+        for name, (_, width) in _PER_BOX.items():
+            if name in item and len(base64.b64decode(item[name], validate=True)) != width * k:
+                return False
+        if "features" in item:
+            feats = base64.b64decode(item["features"], validate=True)
+            if not feats or len(feats) % (4 * max(k, 1)):
+                return False
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _missing_field_candidates(values: list[str], fields: tuple[str, ...]) -> list[str]:
+    """The fields whose absence would explain a row one field short."""
+    found = []
+    for gap in range(len(fields)):
+        names = fields[:gap] + fields[gap + 1:]
+        if _plausible(dict(zip(names, values))):
+            found.append(fields[gap])
+    return found
+
+
+def _is_header(line: str) -> bool:
+    return line.split("\t", 1)[0] in ("img_id", "image_id")
+
+
+def read_tsv(path: str | os.PathLike[str]) -> Iterator[TSVRow]:
+    """Yield the decoded rows of a bottom-up-attention TSV file (either layout).
+
+    Raises:
+        TSVFormatError: On the first malformed row.
+    """
+    parser = _RowParser(str(path))
+    with open(path, encoding="utf-8") as handle:
+        for row, line in enumerate(handle, start=1):
+            if (row == 1 and _is_header(line)) or not line.strip():
+                continue
+            yield parser(line, row)
+
+
+def encode_tsv_row(image_id: str, height: int, width: int, boxes: np.ndarray, features: np.ndarray,
+                   labels: dict[str, np.ndarray] | None = None) -> str:
+    """Encode one image in the bottom-up-attention layout (10 fields with ``labels``, else 6); no trailing newline.
+
+    Args:
+        image_id: The id.
+        height: Image height.
+        width: Image width.
+        boxes: ``[K, 4]`` pixel boxes.
+        features: ``[K, D]``.
+        labels: ``objects_id``, ``objects_conf``, ``attrs_id``, ``attrs_conf`` (10-field layout).
+    """
+    def enc(array: np.ndarray, dtype: str) -> str:
+        return base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes()).decode("ascii")
+
+    k = len(boxes)
+    if labels is None:
+        values = [image_id, str(width), str(height), str(k), enc(boxes, "<f4"), enc(features, "<f4")]
+    else:
+        values = [image_id, str(height), str(width), enc(labels["objects_id"], "<i8"),
+                  enc(labels["objects_conf"], "<f4"), enc(labels["attrs_id"], "<i8"), enc(labels["attrs_conf"], "<f4"),
+                  str(k), enc(boxes, "<f4"), enc(features, "<f4")]
+    return "\t".join(values)
+
+
+def write_tsv(path: str | os.PathLike[str], rows: list[TSVRow]) -> None:
+    """Write rows as a bottom-up-attention TSV (10 fields when the rows have labels, else 6)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(encode_tsv_row(row.image_id, row.height, row.width, row.boxes, row.features,
+                                        row.labels or None) + "\n")
+
+
+def _prepare_out(directory: Path, overwrite: bool) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = [p for p in directory.iterdir() if p.name != ".lock"]
+    if existing and not overwrite:
+        names = ", ".join(sorted(p.name for p in existing)[:5])
+        raise StoreError(f"output folder {directory} is not empty (found {names}); choose a new folder or pass "
+                         "--overwrite")
+    for p in existing:
+        if p.name == MANIFEST or p.name.startswith(("shard-", "index-")):
+            p.unlink()
+
+
+def _open_text(path: Path) -> TextIO:
+    if not path.is_file():
+        raise FeaturesError(f"TSV file {path} not found")
+    return open(path, encoding="utf-8")
+
+
+def import_tsv(tsv_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, shard_size: int = 1000,
+               on_error: str = "fail", overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Convert a bottom-up-attention TSV file into a feature store.
+
+    Args:
+        tsv_path: The TSV file.
+        out_dir: New (or empty) store directory.
+        shard_size: Images per shard.
+        on_error: ``"fail"`` on the first malformed row, or ``"skip"`` it (counted and listed in the manifest).
+        overwrite: Replace an existing store in ``out_dir``.
+        progress: Show a progress bar.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        TSVFormatError: On a malformed row (with ``on_error="fail"``) or a file with no valid rows.
+    """
+    if on_error not in ("skip", "fail"):
+        raise FeaturesError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    if shard_size < 1:
+        raise FeaturesError(f"shard_size must be at least 1, got {shard_size}")
+    tsv_path, directory = Path(tsv_path), Path(out_dir)
+    handle = _open_text(tsv_path)
+    _prepare_out(directory, overwrite)
+    parser = _RowParser(str(tsv_path))
+    seen: dict[str, int] = {}
+    region_counts: set[int] = set()
+    writer: ShardWriter | None = None
+    failed: list[dict[str, Any]] = []
+    num_shards = 0
+    bar = tqdm(unit="img", disable=not progress, desc="import-tsv")
+    try:
+        with handle:
+            for row_number, line in enumerate(handle, start=1):
+                if (row_number == 1 and _is_header(line)) or not line.strip():
+                    continue
+                try:
+                    row = parser(line, row_number)
+                    if row.image_id in seen:
+                        raise TSVFormatError(f"{tsv_path}, row {row_number}: image id {row.image_id!r} already used "
+                                             f"on row {seen[row.image_id]}")
+                except TSVFormatError as exc:
+                    if on_error == "fail":
+                        raise
+                    logger.warning("skipping %s", exc)
+                    first = line.split("\t", 1)[0]
+                    failed.append({"row": row_number, "image_id": first[:200], "reason": str(exc)})
+                    if writer is None:
+                        writer = ShardWriter(directory, num_shards)
+                    continue
+                seen[row.image_id] = row_number
+                scale = np.array([row.width, row.height, row.width, row.height], dtype=np.float32)
+                boxes = np.clip(row.boxes / scale, 0.0, 1.0)
+                meta: dict[str, Any] = {"width": row.width, "height": row.height}
+                meta.update({name: values.tolist() for name, values in row.labels.items()})
+                if writer is None:
+                    writer = ShardWriter(directory, num_shards)
+                writer.write(row.image_id, row.features, boxes, meta)
+                region_counts.add(len(row.boxes))
+                bar.update(1)
+                if len(writer.ids) == shard_size:
+                    writer.commit(failed)
+                    writer, failed, num_shards = None, [], num_shards + 1
+            if writer is not None:
+                writer.commit(failed)
+                writer, num_shards = None, num_shards + 1
+    finally:
+        if writer is not None:
+            writer.abort()
+        bar.close()
+    if not seen:
+        raise TSVFormatError(f"{tsv_path}: no valid rows (expected bottom-up-attention rows with "
+                             f"{len(LXMERT_FIELDS)} or {len(BUTD_FIELDS)} tab-separated fields)")
+    plan = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "backend": "butd-tsv",
+        "settings": {"layout": "lxmert-10-field" if parser.fields is LXMERT_FIELDS else "butd-6-field",
+                     "features_stored_as": "float16"},
+        "weights": {},
+        "random_weights": False,
+        "feature_dim": parser.feature_dim,
+        "num_regions": next(iter(region_counts)) if len(region_counts) == 1 else None,
+        "max_regions": max(region_counts),
+        "feats_dtype": "float16",
+        "boxes_format": "x1,y1,x2,y2 divided by image width,height, clipped to [0,1] (float32)",
+        "label_names": None,
+        "source": {"kind": "butd-tsv", "path": str(tsv_path.resolve()), "num_images": len(seen)},
+        "shard_size": shard_size,
+        "num_shards": num_shards,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with store_lock(directory):
+        manifest = finalize_store(directory, plan)
+    if manifest["num_failed"]:
+        logger.warning("%d malformed row(s) skipped; listed under 'failed' in %s", manifest["num_failed"],
+                       directory / MANIFEST)
+    return manifest
