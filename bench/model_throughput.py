@@ -7,7 +7,10 @@ FLOPs come from ``torch.utils.flop_counter`` on the transformers model. Peak mem
 measured in a fresh subprocess per framework (max RSS on CPU, max allocated on CUDA).
 
     python bench/model_throughput.py                 # CPU fp32
-    python bench/model_throughput.py --device cuda   # GPU: vlm bf16 autocast + SDPA vs transformers fp32 eager
+    python bench/model_throughput.py --device cuda   # GPU: vlm fp32 and bf16 autocast (SDPA) vs transformers fp32
+
+Where the device has native bf16 (CUDA, or a CPU with AVX512-BF16/AMX) a "vlm bf16 autocast" row is added; the
+fp32 rows are the like-for-like comparison.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import LxmertConfig, LxmertModel
 
 import vlm
+from vlm.precision import autocast_dtype
 
 
 def make_models(device: str, seed: int = 0):
@@ -94,13 +98,16 @@ def count_flops(fn) -> int:
 
 def memory_child(which: str, device: str, steps: int) -> None:
     """Run AdamW training steps for one framework and print its peak memory (bytes) as JSON."""
-    hf, ours = make_models(device)
-    model, call = (hf, hf_call) if which == "transformers" else (ours, vlm_call)
-    del hf, ours
+    torch.manual_seed(0)
+    if which == "transformers":  # build only the measured model: the other's weights would count in the peak
+        model, call = LxmertModel(LxmertConfig()).to(device), hf_call
+    else:
+        model, call = vlm.create_model("lxmert-base", task="encoder").to(device), vlm_call  # vlm, vlm-fused
     model.train()
     b = make_inputs(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (device == "cuda" and which == "vlm") else nullcontext()
+    # "vlm-fused": the same model with torch's fused AdamW (no foreach temporaries).
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=which == "vlm-fused" or None)
+    amp = nullcontext()  # fp32 for both: the like-for-like comparison
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for _ in range(steps):
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="torch.compile the vlm model")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    ap.add_argument("--memory-child", choices=["vlm", "transformers"], help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", choices=["vlm", "vlm-fused", "transformers"], help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
@@ -142,23 +149,20 @@ def main(argv: list[str] | None = None) -> None:
     batch = make_inputs(dev)
     n = batch.batch_size
     run_ours = torch.compile(ours) if args.compile else ours
-    # GPU: vlm runs bf16 autocast with SDPA kernels, transformers runs its fp32 eager path.
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev == "cuda" else nullcontext
+    bf16 = autocast_dtype(dev, "auto") is torch.bfloat16  # CUDA with bf16, or a CPU with native bf16 (AVX512-BF16/AMX)
 
-    def fwd_hf():
-        with torch.inference_mode():
-            hf_call(hf, batch)
+    # name -> (model, call, autocast context factory); transformers always runs its fp32 eager path.
+    variants = {"transformers fp32": (hf, hf_call, nullcontext), "vlm fp32": (run_ours, vlm_call, nullcontext)}
+    if bf16:
+        variants["vlm bf16 autocast"] = (run_ours, vlm_call, lambda: torch.autocast(dev, dtype=torch.bfloat16))
 
-    def fwd_ours():
+    def forward(model, call, amp):
         with torch.inference_mode(), amp():
-            vlm_call(run_ours, batch)
+            call(model, batch)
 
-    def train_hf():
-        loss_of(hf_call(hf, batch)).backward()
-
-    def train_ours():
+    def train_step(model, call, amp):
         with amp():
-            loss = loss_of(vlm_call(run_ours, batch))
+            loss = loss_of(call(model, batch))
         loss.backward()
 
     with torch.no_grad():  # same weights, same numbers
@@ -170,40 +174,43 @@ def main(argv: list[str] | None = None) -> None:
     train_flops = count_flops(lambda: loss_of(hf_call(hf, batch)).backward())
     hf.zero_grad(set_to_none=True)
 
-    times: dict[str, list[float]] = {k: [] for k in ("fwd_hf", "fwd_vlm", "train_hf", "train_vlm")}
+    times: dict[tuple[str, str], list[float]] = {}
     rates = []
-    for phase, fns, mode in (("fwd", (fwd_hf, fwd_ours), "eval"), ("train", (train_hf, train_ours), "train")):
-        hf.train(mode == "train"), ours.train(mode == "train")
+    for phase, fn in (("fwd", forward), ("train", train_step)):
+        hf.train(phase == "train"), ours.train(phase == "train")
         for _ in range(args.warmup):
-            for fn in fns:
-                fn()
-        for _ in range(args.runs):
-            times[f"{phase}_hf"].append(timed(fns[0], dev))
-            times[f"{phase}_vlm"].append(timed(fns[1], dev))
+            for v in variants.values():
+                fn(*v)
+        for _ in range(args.runs):  # interleaved: machine noise hits every variant alike
+            for name, v in variants.items():
+                times.setdefault((phase, name), []).append(timed(lambda: fn(*v), dev))
             hf.zero_grad(set_to_none=True), ours.zero_grad(set_to_none=True)
         rates.append(matmul_rate(dev))
     rate = statistics.median(rates)
     med = {k: statistics.median(v) for k, v in times.items()}
 
-    dname = torch.cuda.get_device_name() if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    dname = torch.cuda.get_device_name() if dev == "cuda" else f"CPU ({torch.backends.cpu.get_cpu_capability()}), " \
+        f"{torch.get_num_threads()} threads"
     print(f"# lxmert-base shape (9L/5R/5X, hidden 768), batch {n}, 20 tokens, 36 regions x 2048; {dname}")
-    print(f"# torch {torch.__version__}; median of {args.runs} runs after {args.warmup} warm-up; "
-          f"vlm {'bf16 autocast' if dev == 'cuda' else 'fp32'}{' + torch.compile' if args.compile else ''}, "
-          f"transformers fp32 eager; max |diff| of outputs (eval, fp32) = {max_diff:.2e}")
-    print(f"# fp32 matmul 4096^3 rate: {rate:.1f} GFLOP/s; FLOPs/step: forward {fwd_flops / 1e9:.1f} G, "
-          f"train {train_flops / 1e9:.1f} G")
-    print(f"{'measure':<22}{'transformers':>14}{'vlm':>12}{'vlm/transformers':>18}")
+    print(f"# torch {torch.__version__}; median of {args.runs} interleaved runs after {args.warmup} warm-up"
+          f"{'; vlm under torch.compile' if args.compile else ''}; max |diff| vlm vs transformers outputs "
+          f"(eval, fp32) = {max_diff:.2e}")
+    print(f"# fp32 matmul 4096^3 rate: {rate:.1f} GFLOP/s; FLOPs per batch: forward {fwd_flops / 1e9:.1f} G, "
+          f"train step {train_flops / 1e9:.1f} G")
+    print(f"{'variant':<20}{'phase':<12}{'samples/s':>11}{'vs transformers':>17}{'GFLOP/s':>10}{'/ fp32 matmul':>15}")
     for phase, flops in (("fwd", fwd_flops), ("train", train_flops)):
-        label = "forward" if phase == "fwd" else "train step"
-        s_hf, s_vlm = n / med[f"{phase}_hf"], n / med[f"{phase}_vlm"]
-        print(f"{label + ' samples/s':<22}{s_hf:>14.2f}{s_vlm:>12.2f}{s_vlm / s_hf:>18.3f}")
-        f_hf, f_vlm = flops / med[f"{phase}_hf"] / 1e9, flops / med[f"{phase}_vlm"] / 1e9
-        print(f"{label + ' GFLOP/s':<22}{f_hf:>14.1f}{f_vlm:>12.1f}")
-        print(f"{label + ' / matmul rate':<22}{f_hf / rate:>14.3f}{f_vlm / rate:>12.3f}")
+        base = med[(phase, "transformers fp32")]
+        for name in variants:
+            t = med[(phase, name)]
+            print(f"{name:<20}{'forward' if phase == 'fwd' else 'train step':<12}{n / t:>11.2f}{base / t:>17.3f}"
+                  f"{flops / t / 1e9:>10.1f}{flops / t / 1e9 / rate:>15.3f}")
     if not args.no_memory:
-        m_hf, m_vlm = measure_memory("transformers", dev), measure_memory("vlm", dev)
-        kind = "max allocated" if dev == "cuda" else "max RSS"
-        print(f"{'AdamW step peak GiB':<22}{m_hf:>14.2f}{m_vlm:>12.2f}{m_vlm / m_hf:>18.3f}   ({kind})")
+        mem = {w: measure_memory(w, dev, args.steps) for w in ("transformers", "vlm", "vlm-fused")}
+        kind = "max allocated" if dev == "cuda" else "max RSS of the process, torch libraries included"
+        print(f"# peak memory of {args.steps} fp32 training steps with AdamW ({kind}):")
+        for w, label in (("transformers", "transformers, AdamW"), ("vlm", "vlm, AdamW"),
+                         ("vlm-fused", "vlm, AdamW(fused=True)")):
+            print(f"{label:<26}{mem[w]:>8.2f} GiB{mem[w] / mem['transformers']:>8.3f}")
 
 
 if __name__ == "__main__":

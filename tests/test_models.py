@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vlm
-from conftest import TINY, make_batch
+from vlm_testing import TINY, make_batch
 from vlm.models import LxmertEncoder, SingleStreamEncoder
 
 PRESETS = vlm.list_models()
@@ -190,3 +190,19 @@ def test_task_errors():
         vlm.create_model("lxmert-mini", task="vqa")
     with pytest.raises(vlm.ConfigError, match="unknown task 'qa'"):
         vlm.create_model("lxmert-mini", task="qa")
+
+
+def test_precision_choice_and_bf16_forward_close_to_fp32():
+    from vlm.precision import autocast, autocast_dtype, cpu_has_native_bf16
+
+    assert autocast_dtype("cpu", "fp32") is None and autocast_dtype("cpu", "bf16") is torch.bfloat16
+    assert autocast_dtype("cpu", "auto") is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with pytest.raises(vlm.ConfigError, match="precision: expected one of auto, fp32, bf16, fp16, got 'fp8'"):
+        autocast_dtype("cpu", "fp8")
+    m = tiny("lxmert-mini").eval()
+    b = make_batch()
+    ref = m(b).pooled
+    with autocast("cpu", "bf16"):
+        low = m(b).pooled
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max() < 0.05  # bf16 has ~3 significant digits

@@ -7,7 +7,7 @@ from transformers import (BertConfig, BertForPreTraining, BertModel, LxmertConfi
 
 import vlm
 import vlm.convert as convert
-from conftest import make_batch
+from vlm_testing import make_batch
 
 ATOL = 1e-5
 SENTENCES = ["What color is the shape?", "Is there a red circle in the image?", "How many sides does the blue shape have?"]

@@ -251,18 +251,11 @@ def apply_overrides(obj: Any, overrides: list[str] | dict[str, Any]) -> Any:
 
 def presets_dir() -> Path:
     """Folder holding the YAML presets: the repository's ``configs/`` or the copy installed as ``vlm._presets``."""
-    repo = Path(__file__).resolve().parent.parent / "configs"
-    if (repo / "model").is_dir():
-        return repo
-    try:
-        from importlib.resources import files
-
-        installed = Path(str(files("vlm._presets")))
-        if (installed / "model").is_dir():
-            return installed
-    except (ModuleNotFoundError, TypeError):
-        pass
-    raise ConfigError(f"preset folder not found: looked for {repo} and the installed package vlm._presets")
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "configs", here / "_presets"):  # source checkout, then installed wheel
+        if (candidate / "model").is_dir():
+            return candidate
+    raise ConfigError(f"preset folder not found: looked for {here.parent / 'configs'} and {here / '_presets'}")
 
 
 def list_presets(kind: str = "model") -> list[str]:
