@@ -120,8 +120,21 @@ def memory_child(which: str, device: str, steps: int) -> None:
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss_bytes()
     print(json.dumps({"peak_bytes": peak}))
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size. VmHWM belongs to the process's own address space; getrusage's
+    ru_maxrss would not do here, since Linux carries it over from the (large) parent across fork + exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure_memory(which: str, device: str, steps: int = 3) -> float:
@@ -206,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{flops / t / 1e9:>10.1f}{flops / t / 1e9 / rate:>15.3f}")
     if not args.no_memory:
         mem = {w: measure_memory(w, dev, args.steps) for w in ("transformers", "vlm", "vlm-fused")}
-        kind = "max allocated" if dev == "cuda" else "max RSS of the process, torch libraries included"
+        kind = "max allocated" if dev == "cuda" else "peak RSS (VmHWM) of a fresh process, torch libraries included"
         print(f"# peak memory of {args.steps} fp32 training steps with AdamW ({kind}):")
         for w, label in (("transformers", "transformers, AdamW"), ("vlm", "vlm, AdamW"),
                          ("vlm-fused", "vlm, AdamW(fused=True)")):
