@@ -62,3 +62,20 @@ def test_demo_runs_every_preset_on_real_easy_vqa(tmp_path, capsys):
     rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in vlm.list_models()]
     assert [r[0] for r in rows] == vlm.list_models()
     assert {r[2] for r in rows if r[0].endswith("-mini")} == {"all-minilm-l6-v2"}
+
+
+def test_vlm_extract_and_features_go_through_the_vlm_command(tmp_path):
+    """`vlm extract ...` / `vlm features ...` reach the features CLI with every option intact (real console script)."""
+    exe = shutil.which("vlm", path=os.path.dirname(sys.executable))
+    out = tmp_path / "feats"
+    res = subprocess.run([exe, "extract", "--source", "easy-vqa:test", "--backend", "patches", "--out", str(out),
+                          "--limit", "5", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([exe, "features", "inspect", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "images       5 in 1 of 1 shards (complete)" in res.stdout and "1 ok, 0 bad" in res.stdout
+    res = subprocess.run([exe, "extract", "--source", str(tmp_path / "missing"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "not found" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run([exe, "extract", "--help"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.startswith("usage: vlm extract")

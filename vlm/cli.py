@@ -70,16 +70,21 @@ class _meta_device:
         self._ctx.__exit__(*exc)
 
 
-def _cmd_extract(args: argparse.Namespace) -> int:
+def _run_extract(argv: list[str]) -> int:
     from features.cli import extract_main
 
-    return extract_main(args.rest)
+    return extract_main(argv)
 
 
-def _cmd_features(args: argparse.Namespace) -> int:
+def _run_features(argv: list[str]) -> int:
     from features.cli import features_main
 
-    return features_main(args.rest)
+    return features_main(argv)
+
+
+# Subcommands whose whole argument list belongs to another package's parser (argparse.REMAINDER cannot pass
+# leading options through a subparser, so these are dispatched before parsing).
+PASSTHROUGH = {"extract": _run_extract, "features": _run_features}
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -158,13 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="extract region features into webdataset shards (see vlm extract --help)",
                        add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("features", help="inspect a feature store or import a BUTD TSV (see vlm features --help)",
                        add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_features)
 
     p = sub.add_parser("demo", help="forward every preset on real easy-VQA questions and images (CPU, ~1 min)")
     p.add_argument("--num-images", type=int, default=8, help="easy-VQA test images to use (default 8)")
@@ -175,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``vlm`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        return PASSTHROUGH[argv[0]](argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
