@@ -231,13 +231,12 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], arch: str) -> di
     return out
 
 
-def _task_of(keys, arch: str) -> str:
+def _task_of(keys) -> str:
+    """The vlm task whose heads the source has: pretraining heads, a bare answer head, or none."""
     ck = [canonical_key(k) for k in keys]
-    has_mlm = any(k.startswith("cls.predictions") for k in ck)
-    has_answer = any(k.startswith("answer_head.") for k in ck)
-    if has_mlm or any(k.startswith(("obj_predict_head", "cls.seq_relationship")) for k in ck):
+    if any(k.startswith(("cls.predictions", "cls.seq_relationship", "obj_predict_head")) for k in ck):
         return "pretraining"
-    if has_answer:
+    if any(k.startswith("answer_head.") for k in ck):
         return "vqa"
     return "encoder"
 
@@ -271,7 +270,7 @@ def from_transformers(
     apply_dict(cfg, fields, prefix="model.")
     if overrides:
         apply_dict(cfg, overrides, prefix="model.")
-    task = task or _task_of(state_dict.keys(), arch)
+    task = task or _task_of(state_dict.keys())
     if task == "pretraining" and arch == "vilbert":
         cfg.visual_obj_loss = overrides.get("visual_obj_loss", False)
         cfg.visual_attr_loss = overrides.get("visual_attr_loss", False)
