@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import LxmertConfig, LxmertModel
 
 import vlm
-from vlm.precision import autocast_dtype
+from vlm.precision import autocast, autocast_dtype
 
 
 def make_models(device: str, seed: int = 0):
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     # name -> (model, call, autocast context factory); transformers always runs its fp32 eager path.
     variants = {"transformers fp32": (hf, hf_call, nullcontext), "vlm fp32": (run_ours, vlm_call, nullcontext)}
     if bf16:
-        variants["vlm bf16 autocast"] = (run_ours, vlm_call, lambda: torch.autocast(dev, dtype=torch.bfloat16))
+        variants["vlm bf16 autocast"] = (run_ours, vlm_call, lambda: autocast(dev, "bf16"))
 
     def forward(model, call, amp):
         with torch.inference_mode(), amp():

@@ -31,11 +31,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
     import vlm
 
     rows = []
+    overrides = _strip(args.overrides)
     for name in vlm.list_models():
-        cfg = vlm.model_config(name, args.overrides)
         with _meta_device():
-            enc = vlm.create_model(name, task="encoder", **_strip(args.overrides))
-            pre = vlm.create_model(name, task="pretraining", **_strip(args.overrides))
+            enc = vlm.create_model(name, task="encoder", **overrides)
+            pre = vlm.create_model(name, task="pretraining", **overrides)
+        cfg = enc.config
         layers = (f"{cfg.l_layers}L/{cfg.r_layers}R/{cfg.x_layers}X" if cfg.arch == "lxmert"
                   else f"{cfg.num_layers}")
         rows.append((name, cfg.arch, str(cfg.hidden_size), layers, str(cfg.visual_feat_dim),

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 ARCHS = ("lxmert", "vilbert")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see vlm.precision
 
 
 class ConfigError(ValueError):
@@ -106,7 +107,7 @@ class TrainConfig:
     batch_size: int = 64  # samples per optimiser step on one process (before accumulation)
     grad_accum: int = 1  # micro-batches accumulated per optimiser step
     max_grad_norm: float = 1.0  # gradient clipping (0: off)
-    precision: str = "auto"  # "auto" (bf16 on supporting GPUs, else fp32), "fp32", "bf16", "fp16"
+    precision: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with native bf16, else fp32), "fp32", "bf16", "fp16"
     seed: int = 0  # seed of every RNG
     num_workers: int = 0  # data-loader workers per process
     log_every: int = 20  # steps between metric lines
@@ -115,8 +116,8 @@ class TrainConfig:
     out_dir: str = "runs/default"  # run folder: config, metrics.jsonl, checkpoints
 
     def validate(self) -> None:
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"train.precision: expected auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if self.batch_size <= 0 or self.grad_accum <= 0:

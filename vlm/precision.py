@@ -6,9 +6,7 @@ import contextlib
 
 import torch
 
-from vlm.config import ConfigError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from vlm.config import PRECISIONS, ConfigError
 
 
 def cpu_has_native_bf16() -> bool:
