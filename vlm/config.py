@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Shape and options of an encoder and its heads (LXMERT dual stream or the single-stream "vilbert")."""
 
-    arch: str = "lxmert"  # "lxmert" (dual stream) or "vilbert" (single-stream BERT over [CLS] [IMG] v.. [SEP] w.. [SEP])
+    arch: str = "lxmert"  # "lxmert" (dual stream) or "vilbert" (one BERT over [CLS] [IMG] v.. [SEP] w.. [SEP])
     vocab_size: int = 30522  # WordPiece vocabulary (bert-base-uncased)
     hidden_size: int = 768  # width of every stream
     num_attention_heads: int = 12  # heads per attention layer; hidden_size must divide by it
