@@ -24,6 +24,8 @@ class Batch:
             ``attr_conf``), each ``[B, K, ...]``.
         matched: 1 where text and image belong together, 0 for a mismatched pair ``[B]``.
         answer_targets: soft answer scores ``[B, num_answers]`` in [0, 1].
+        has_answer: ``[B]`` bool, rows of ``answer_targets`` that carry a target (pretraining QA: questions with
+            answers in matched pairs); None means every row does.
         labels: class ids ``[B]`` for the ``[CLS]`` classifier.
     """
 
@@ -37,6 +39,7 @@ class Batch:
     region_labels: dict[str, torch.Tensor] | None = None
     matched: torch.Tensor | None = None
     answer_targets: torch.Tensor | None = None
+    has_answer: torch.Tensor | None = None
     labels: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":

@@ -12,7 +12,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from vlm.config import ConfigError
+from features.errors import FeaturesError
+from vlm.errors import VLMError
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,10 @@ examples:
   vlm models                                   list model presets with parameter counts
   vlm extract --source easy-vqa:train --backend patches --out feats/train
   vlm features inspect feats/train             summary + checksum of every shard
-  vlm demo                                     forward every preset on real easy-VQA questions and images
+  vlm pretrain --arch lxmert                   pretrain LXMERT-mini on easy-VQA (built-in features, offline)
+  torchrun --nproc_per_node 2 -m vlm.cli pretrain --arch vilbert train.batch_size=32
+  vlm pretrain --arch lxmert --resume          continue the run in --out from its newest checkpoint
+  vlm demo                                     pretrain quickly, then summarise (make demo)
 
 Model options are dotted overrides (model.x_layers=3); an unknown key is an error naming the allowed ones.
 """
@@ -148,6 +152,50 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    import os
+
+    from pretraining.run import load_pretrain_config, pretrain
+    from vlm.engine.distributed import DistInfo
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.texts={args.data}")
+    if args.features:
+        overrides.append(f"data.features={args.features}")
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    cfg = load_pretrain_config(args.config, args.arch, overrides)
+    if not cfg.data.cache_dir:  # only the CLI reads the environment
+        cfg.data.cache_dir = os.environ.get("VLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlm"))
+    dist = DistInfo.from_env(os.environ)
+    summary = pretrain(cfg, out_dir=args.out, resume=args.resume, dist=dist, show_progress=not args.no_progress)
+    if dist.is_main:
+        print(format_pretrain_summary(summary))
+    return 0
+
+
+def format_pretrain_summary(summary: dict) -> str:
+    """The short report printed after ``vlm pretrain`` (and by ``make demo``)."""
+    first, last = summary.get("first") or {}, summary.get("last") or {}
+    lines = [f"pretrained {summary['preset']} ({summary['arch']}) for {summary['steps']} steps "
+             f"({summary['epochs']:.2f} epochs, {summary['world_size']} process(es))",
+             f"  data: {summary['train']['kept']} training texts over {summary['train']['images']} images"
+             + (f"; {summary['train']['missing_image']} skipped (image not in the store)"
+                if summary['train']['missing_image'] else "")]
+    lines.append("  objective        loss at start   loss at end")
+    for name in summary["objectives"]:
+        if name in first:
+            lines.append(f"  {name:<16}{first[name]:>13.4f}{last.get(name, float('nan')):>14.4f}")
+    if summary.get("eval"):
+        ev = summary["eval"][-1]
+        accs = ", ".join(f"{k[5:-4]} {100 * v:.2f}%" for k, v in ev.items() if k.endswith("_acc"))
+        lines.append(f"  held-out accuracy at step {ev['step']}: {accs}")
+    lines.append(f"  checkpoint: {summary.get('model') or summary.get('checkpoint')}  (vlm.from_pretrained loads it)")
+    lines.append(f"  run folder: {summary['run_dir']} (config.yaml, metrics.jsonl, checkpoints/)")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlm",
@@ -167,6 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("features", help="inspect a feature store or import a BUTD TSV (see vlm features --help)",
                        add_help=False)
+
+    p = sub.add_parser("pretrain", help="pretrain LXMERT or the single stream (default: easy-VQA, built in)",
+                       description="Pretrain with masked LM, masked region modelling, matching and image QA. Works "
+                                   "under torchrun (DDP) unchanged.")
+    p.add_argument("--arch", choices=["lxmert", "vilbert"], default=None,
+                   help="architecture; picks configs/pretrain/<arch>.yaml unless --config is given")
+    p.add_argument("--config", default=None, help="pretraining preset name (configs/pretrain) or YAML file")
+    p.add_argument("--data", default=None, help="texts: easy-vqa, FILE.jsonl, captions.json or Q.json,A.json")
+    p.add_argument("--features", default=None, help="feature store folder of the training images")
+    p.add_argument("--out", default=None, help="run folder (default: train.out_dir of the config)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="DIR",
+                   help="resume from the newest checkpoint of the run folder, or from DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", help="dotted overrides: train.lr=5e-5 model.x_layers=3 objectives.qa=0")
+    p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("demo", help="forward every preset on real easy-VQA questions and images (CPU, ~1 min)")
     p.add_argument("--num-images", type=int, default=8, help="easy-VQA test images to use (default 8)")
@@ -192,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         code = func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (VLMError, FeaturesError, FileNotFoundError, ValueError) as e:
         print(f"vlm {args.command}: error: {e}", file=sys.stderr)
         return 2
     logger.info("vlm %s finished in %.1fs", args.command, time.perf_counter() - start)

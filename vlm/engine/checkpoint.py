@@ -1,0 +1,173 @@
+"""Checkpoints of a run: weights (safetensors) + trainer state, published atomically, the last N kept.
+
+Layout inside a run folder::
+
+    checkpoints/step-00000100/   config.json + model.safetensors  (what ``vlm.from_pretrained`` loads)
+                                 trainer_state.pt                  (optimizer, scheduler, step, data position, RNGs)
+                                 run_config.yaml                   (the merged run config)
+
+A checkpoint is written into ``checkpoints/.step-XXXXXXXX.tmp-<pid>/``, every file fsynced, then the folder is renamed
+into place: the rename is the commit, so a kill at any moment leaves either no new checkpoint or a complete one, and the
+previous checkpoint is untouched. Old checkpoints are renamed to a hidden trash name before deletion, so a kill during
+clean-up never leaves a half-deleted folder that looks like a checkpoint. ``trainer_state.pt`` holds only tensors,
+numbers, strings, lists and dicts and is loaded with ``weights_only=True`` (no code runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlm.errors import CheckpointError
+from vlm.io import publish_dir, remove_dir, write_text
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "trainer_state.pt"
+CONFIG_NAME = "run_config.yaml"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+_REQUIRED = ("config.json", "model.safetensors", STATE_NAME)
+
+
+# ------------------------------------------------------------------------------------------------------- RNG states
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG a training step touches: Python, NumPy, torch CPU and each CUDA device."""
+    np_state = np.random.get_state()
+    state = {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------------------- manager
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def is_checkpoint(path: Path) -> bool:
+    return path.is_dir() and all((path / f).is_file() for f in _REQUIRED)
+
+
+class CheckpointManager:
+    """Save, list, prune and find the checkpoints of one run folder."""
+
+    def __init__(self, run_dir: str | Path, keep_last: int = 2) -> None:
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+
+    def list(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.dir.is_dir():
+            return []
+        found = [p for p in self.dir.iterdir() if _STEP_DIR.match(p.name) and is_checkpoint(p)]
+        return sorted(found, key=lambda p: p.name)
+
+    def latest(self) -> Path | None:
+        ckpts = self.list()
+        return ckpts[-1] if ckpts else None
+
+    def save(self, step: int, model: Any, trainer_state: dict[str, Any], run_config_yaml: str) -> Path:
+        """Write checkpoint ``step`` atomically and prune to the last ``keep_last``; returns its folder."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        final = self.dir / step_dir_name(step)
+        if final.exists():
+            return final  # the same step again (e.g. the end of training right after a periodic save)
+        self._clean_leftovers()
+        tmp = self.dir / f".{final.name}.tmp-{os.getpid()}"
+        remove_dir(tmp)
+        tmp.mkdir()
+        model.save_pretrained(tmp)
+        torch.save(trainer_state, tmp / STATE_NAME)
+        (tmp / CONFIG_NAME).write_text(run_config_yaml, encoding="utf-8")
+        publish_dir(tmp, final)
+        write_text(self.dir / "latest.txt", final.name + "\n")  # informational; list() is the source of truth
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        if self.keep_last <= 0:
+            return
+        for old in self.list()[:-self.keep_last]:
+            trash = self.dir / f".trash-{old.name}-{os.getpid()}"
+            os.replace(old, trash)
+            remove_dir(trash)
+
+    def _clean_leftovers(self) -> None:
+        """Remove folders left by a kill during a save or a prune (never a complete checkpoint)."""
+        for p in self.dir.iterdir():
+            if p.name.startswith((".step-", ".trash-")):
+                remove_dir(p)
+
+
+def resolve_resume(run_dir: str | Path, resume: str | bool | None) -> Path | None:
+    """The checkpoint folder that ``--resume`` names: ``True``/``"latest"`` → newest in the run, or a path.
+
+    Raises:
+        CheckpointError: when a named folder is not a complete checkpoint.
+    """
+    if resume in (None, False, ""):
+        return None
+    if resume is True or resume == "latest":
+        latest = CheckpointManager(run_dir).latest()
+        if latest is None:
+            logger.warning("--resume: no checkpoint in %s yet; starting from scratch", Path(run_dir) / "checkpoints")
+        return latest
+    path = Path(resume)
+    if is_checkpoint(path):
+        return path
+    if path.is_dir() and (path / "checkpoints").is_dir():  # a run folder: its newest checkpoint
+        latest = CheckpointManager(path).latest()
+        if latest is not None:
+            return latest
+    missing = [f for f in _REQUIRED if not (path / f).is_file()]
+    raise CheckpointError(f"--resume {path}: not a complete checkpoint folder (missing: {', '.join(missing)}) "
+                          "and not a run folder with checkpoints")
+
+
+def load_trainer_state(ckpt: Path) -> dict[str, Any]:
+    path = ckpt / STATE_NAME
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable trainer state ({str(e).splitlines()[0]})") from None
+
+
+def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
+    """Load ``ckpt/model.safetensors`` into ``model`` (strict: the run's own model)."""
+    from safetensors.torch import load_model
+
+    path = ckpt / "model.safetensors"
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable weights ({str(e).splitlines()[0]})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match this run's model; missing {sorted(missing)}, "
+                              f"unexpected {sorted(unexpected)}")

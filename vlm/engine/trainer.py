@@ -1,0 +1,283 @@
+"""The training loop shared by pretraining, fine-tuning and the ablation: read ``train_step`` and ``train`` top to
+bottom.
+
+``Trainer`` takes everything as arguments (no environment, no globals): a *task* module whose forward takes a
+:class:`vlm.Batch` and returns an output with ``.loss`` (and optionally ``.losses``, a dict of per-objective losses), a
+batch source (see :mod:`vlm.engine.loader`), a :class:`vlm.TrainConfig`, the model whose weights are checkpointed,
+and the run folder. It does AdamW without decay on biases and norms, linear warm-up then linear decay, gradient
+accumulation (DDP's ``no_sync`` on all but the last micro-batch), clipping, mixed precision (``vlm.precision``),
+metrics to ``metrics.jsonl``, periodic evaluation, atomic checkpoints and exact resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlm.batch import Batch
+from vlm.config import TrainConfig
+from vlm.engine import distributed as D
+from vlm.engine.checkpoint import (CheckpointManager, load_trainer_state, load_weights, resolve_resume, rng_state,
+                                   set_rng_state)
+from vlm.engine.loader import BatchSource, EpochPlan, epoch_loader
+from vlm.engine.metrics import MetricsLogger, RunningMean, progress
+from vlm.errors import CheckpointError, VLMError
+from vlm.precision import autocast, autocast_dtype
+
+logger = logging.getLogger(__name__)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices (linear and embedding weights), none on biases and norm weights (1-d)."""
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: 0 → 1 over ``warmup_steps``, then 1 → 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+class Trainer:
+    """One training run.
+
+    Args:
+        task: module mapping a ``Batch`` to an output with ``.loss`` (e.g. ``PretrainTask`` or a VQA model).
+        source: training examples (see :class:`vlm.engine.loader.BatchSource`).
+        cfg: optimisation and run settings.
+        save_model: the model checkpointed with ``save_pretrained`` (the task's model); its weights are what resumes.
+        run_dir: run folder (config, ``metrics.jsonl``, ``checkpoints/``); written by the main rank only.
+        dist: rank and world size (from the CLI); the process group must be set up when ``world_size > 1``.
+        device: where the model runs.
+        evaluate: called as ``evaluate(task)`` on every rank at each evaluation; returns a dict of numbers logged with
+            an ``eval/`` prefix (it must reduce across ranks itself).
+        run_config_yaml: the merged run config, saved into every checkpoint.
+        keep_last: checkpoints kept.
+        show_progress: draw a progress bar (main rank).
+    """
+
+    def __init__(self, task: nn.Module, source: BatchSource, cfg: TrainConfig, *, save_model: nn.Module,
+                 run_dir: str | Path, dist: D.DistInfo = D.DistInfo(), device: str | torch.device = "cpu",
+                 evaluate: Callable[[nn.Module], dict[str, float]] | None = None, run_config_yaml: str = "",
+                 keep_last: int = 2, show_progress: bool = True) -> None:
+        cfg.validate()
+        self.cfg, self.dist, self.device = cfg, dist, torch.device(device)
+        self.run_dir = Path(run_dir)
+        self.task = task.to(self.device)
+        self.save_model = save_model
+        self.model: nn.Module = task
+        if dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(task, device_ids=ids, find_unused_parameters=True)
+        self.source = source
+        self.plan = EpochPlan(len(source), cfg.batch_size, world_size=dist.world_size, rank=dist.rank, seed=cfg.seed)
+        if self.plan.batches_per_epoch < cfg.grad_accum:
+            raise VLMError(f"{len(source)} training examples make {self.plan.batches_per_epoch} batches of "
+                           f"{cfg.batch_size} x {dist.world_size} rank(s); need at least train.grad_accum="
+                           f"{cfg.grad_accum}: lower train.batch_size or add data")
+        steps_per_epoch = self.plan.batches_per_epoch // cfg.grad_accum
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        self.optimizer = torch.optim.AdamW(param_groups(task, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+        warmup = int(cfg.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(self.total_steps, warmup))
+        self.amp_dtype = autocast_dtype(self.device, cfg.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.evaluate_fn = evaluate
+        self.run_config_yaml = run_config_yaml
+        self.checkpoints = CheckpointManager(self.run_dir, keep_last=keep_last)
+        self.metrics = MetricsLogger(self.run_dir, enabled=dist.is_main)
+        self.show_progress = show_progress and dist.is_main
+        self.step = 0  # optimiser steps done
+        self.epoch = 0
+        self.position = 0  # micro-batches of `epoch` consumed
+        self.history: list[dict[str, Any]] = []  # eval records of this process
+
+    # ---------------------------------------------------------------------------------------------------------- step
+
+    def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
+        """One optimiser step over ``grad_accum`` micro-batches; returns the step's mean losses, lr and grad norm."""
+        self.model.train()
+        n = len(micro_batches)
+        sums: dict[str, float] = {}
+        for i, batch in enumerate(micro_batches):
+            batch = batch.to(self.device, non_blocking=True)
+            last = i == n - 1
+            sync = self.model.no_sync() if (self.dist.enabled and not last) else contextlib.nullcontext()
+            with sync:
+                with autocast(self.device, self.cfg.precision):
+                    out = self.model(batch)
+                self.scaler.scale(out.loss / n).backward()
+            values = {"loss": out.loss.detach(), **{k: v.detach() for k, v in (getattr(out, "losses", None) or {}).items()}}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / n
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.cfg.max_grad_norm > 0:
+            grad_norm = float(nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
+        else:
+            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        lr = self.scheduler.get_last_lr()[0]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if not math.isfinite(sums["loss"]):
+            raise FloatingPointError(f"loss is {sums['loss']} at step {self.step + 1}; lower train.lr or check the "
+                                     "inputs (vlm features inspect)")
+        return {**sums, "lr": lr, "grad_norm": grad_norm}
+
+    # ---------------------------------------------------------------------------------------------------------- loop
+
+    def train(self, resume: str | bool | None = None) -> dict[str, Any]:
+        """Run to ``total_steps`` (resuming first when asked); returns a summary with the eval history."""
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.run_config_yaml:
+                from vlm.io import write_text
+
+                write_text(self.run_dir / "config.yaml", self.run_config_yaml)
+        torch.manual_seed(self.cfg.seed + self.dist.rank)  # dropout; batches draw from (seed, epoch, index)
+        resumed_from = self._resume(resume)
+        accum = self.cfg.grad_accum
+        bar = progress(self.total_steps, self.step, self.show_progress, desc=f"train {self.run_dir.name}")
+        running, window, window_start = RunningMean(), [], time.perf_counter()
+        first: dict[str, float] | None = None
+        last_record: dict[str, float] = {}
+        while self.step < self.total_steps:
+            loader = epoch_loader(self.source, self.plan, self.epoch, start=self.position,
+                                  num_workers=self.cfg.num_workers)
+            micro: list[Batch] = []
+            for batch in loader:
+                micro.append(batch)
+                self.position += 1
+                if len(micro) < accum:
+                    continue
+                record = self.train_step(micro)
+                micro = []
+                self.step += 1
+                first = first or record
+                last_record = record
+                window.append(record)
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in running.update(
+                    {k: v for k, v in record.items() if k not in ("lr", "grad_norm")}).items()}, refresh=False)
+                if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                    self._log_window(window, time.perf_counter() - window_start)
+                    window, window_start = [], time.perf_counter()
+                if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+                    self.run_evaluation()
+                if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                    self.save()
+                if self.step >= self.total_steps:
+                    break
+            else:  # the epoch ran out
+                self.epoch, self.position = self.epoch + 1, 0
+                if not self.cfg.eval_every:
+                    self.run_evaluation()
+                continue
+            break
+        bar.close()
+        if window:
+            self._log_window(window, time.perf_counter() - window_start)
+        if not self.history or self.history[-1]["step"] != self.step:
+            self.run_evaluation()
+        ckpt = self.save()
+        self.metrics.close()
+        return {"steps": self.step, "epochs": self.epoch + self.position / max(1, self.plan.batches_per_epoch),
+                "first": first, "last": last_record, "eval": self.history, "checkpoint": str(ckpt),
+                "resumed_from": str(resumed_from) if resumed_from else None}
+
+    def _log_window(self, window: list[dict[str, float]], seconds: float) -> None:
+        keys = window[0].keys()
+        mean = {f"train/{k}": sum(r[k] for r in window) / len(window) for k in keys}
+        samples = len(window) * self.cfg.batch_size * self.cfg.grad_accum * self.dist.world_size
+        self.metrics.log(self.step, {**mean, "epoch": self.epoch, "samples_per_s": samples / max(seconds, 1e-9)})
+
+    def run_evaluation(self) -> dict[str, float]:
+        if self.evaluate_fn is None:
+            return {}
+        self.task.eval()
+        with torch.no_grad(), autocast(self.device, self.cfg.precision):
+            result = self.evaluate_fn(self.task)
+        self.task.train()
+        record = {"step": self.step, **{f"eval/{k}": v for k, v in result.items()}}
+        self.history.append(record)
+        self.metrics.log(self.step, {k: v for k, v in record.items() if k != "step"})
+        if self.dist.is_main:
+            logger.info("eval at step %d: %s", self.step,
+                        ", ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float)))
+        return result
+
+    # ---------------------------------------------------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the weights that an exact resume needs (plain types and tensors only)."""
+        rngs = [rng_state()]
+        if D.active():
+            gathered: list[Any] = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        return {"step": self.step, "epoch": self.epoch, "position": self.position,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rngs, "history": self.history,
+                "plan": {"world_size": self.dist.world_size, "batch_size": self.cfg.batch_size,
+                         "grad_accum": self.cfg.grad_accum, "seed": self.cfg.seed, "examples": len(self.source)}}
+
+    def save(self) -> Path | None:
+        state = self.state_dict()  # a collective under DDP: every rank takes part
+        path = None
+        if self.dist.is_main:
+            path = self.checkpoints.save(self.step, self.save_model, state, self.run_config_yaml)
+            logger.info("checkpoint %s", path)
+        D.barrier()
+        return path or self.checkpoints.dir / f"step-{self.step:08d}"
+
+    def _resume(self, resume: str | bool | None) -> Path | None:
+        choice = resolve_resume(self.run_dir, resume) if self.dist.is_main else None
+        choice = D.broadcast_object(str(choice) if choice else None)  # every rank resumes from rank 0's choice
+        if not choice:
+            return None
+        ckpt = Path(choice)
+        state = load_trainer_state(ckpt)
+        plan = state["plan"]
+        if plan["examples"] != len(self.source):
+            raise CheckpointError(f"{ckpt}: saved for {plan['examples']} training examples, this run has "
+                                  f"{len(self.source)}; resume with the same data")
+        for key, now in (("world_size", self.dist.world_size), ("batch_size", self.cfg.batch_size),
+                         ("grad_accum", self.cfg.grad_accum), ("seed", self.cfg.seed)):
+            if plan[key] != now:
+                logger.warning("%s: saved with %s=%s, resuming with %s: the data order will not replay exactly",
+                               ckpt, key, plan[key], now)
+        load_weights(self.save_model, ckpt)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.history = list(state.get("history", []))
+        rngs = state["rng"]
+        set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
+        if self.position >= self.plan.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        if self.dist.is_main:
+            logger.warning("resumed from %s at step %d (epoch %d, batch %d)", ckpt, self.step, self.epoch,
+                           self.position)
+        return ckpt
