@@ -244,6 +244,14 @@ class PretrainData:
         self.lengths = np.array([len(x) for x in enc], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
         self.tokens = np.fromiter((t for x in enc for t in x), dtype=np.int64, count=int(self.lengths.sum()))
+        # A mismatched text must not be one of the image's own texts either (easy-VQA asks "what shape is in the
+        # image?" of every image: such a negative would be a true pair labelled false).
+        text_code = {}
+        self.text_code = np.array([text_code.setdefault(tuple(x), len(text_code)) for x in enc], dtype=np.int64)
+        own: dict[int, set[int]] = {}
+        for img, tc in zip(self.image_code.tolist(), self.text_code.tolist()):
+            own.setdefault(img, set()).add(tc)
+        self.own_texts = own
         self.special = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
         self.mask_id = tokenizer.mask_token_id
         self.vocab_size = len(tokenizer)
@@ -277,7 +285,7 @@ class PretrainData:
             if rng.random() < cfg.mismatch_prob:
                 for _ in range(32):
                     j = int(rng.integers(n))
-                    if self.image_code[j] != self.image_code[i]:
+                    if int(self.text_code[j]) not in self.own_texts[int(self.image_code[i])]:
                         text_of[r], matched[r] = j, 0
                         break
         # --- text: pad to the longest, mask tokens

@@ -24,7 +24,7 @@ class MaskingConfig:
     region_prob: float = 0.15  # fraction of real regions selected for masked region modelling
     region_zero: float = 0.8  # of the selected: features zeroed ...
     region_swap: float = 0.1  # ... replaced by another region's features (the rest are kept)
-    mismatch_prob: float = 0.5  # fraction of pairs whose text is replaced by one of a different image
+    mismatch_prob: float = 0.5  # fraction of pairs given the text of another image (never one of its own texts)
 
 
 def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, u: torch.Tensor, random_ids: torch.Tensor,

@@ -187,85 +187,104 @@ def pretrain(cfg: PretrainConfig, *, out_dir: str | Path | None = None, resume: 
         resume: ``True``/``"latest"`` for the newest checkpoint of the run folder, or a checkpoint/run folder.
         dist: rank and world size (the CLI reads them from torchrun's environment).
     """
-    run_dir = Path(out_dir or cfg.train.out_dir)
-    cfg.train.out_dir = str(run_dir)
-    device = _device(cfg.train.device, dist)
-    D.setup(dist, device)
-    tokenizer = vlm.load_tokenizer()
-    d = cfg.data
-    cache = d.cache_dir or str(Path.home() / ".cache" / "vlm")
-    builtin = d.texts == "easy-vqa"
-    train_texts = read_texts(d.texts, "train")
-    if d.train_limit:
-        train_texts = train_texts[:d.train_limit]
-    eval_spec = d.eval_texts or ("easy-vqa" if builtin else "")
-    eval_texts = read_texts(eval_spec, "test") if eval_spec else []
-    if d.eval_limit:
-        eval_texts = eval_texts[:d.eval_limit]
-    if d.features:
-        train_store_dir = Path(d.features)
-    elif builtin:
-        train_store_dir = builtin_store("train", cache, d.backend, dist)
-    else:
-        raise DataError(f"data.features: a feature store folder is needed for {d.texts} (vlm extract makes one)")
-    if d.eval_features:
-        eval_store_dir = Path(d.eval_features)
-    elif eval_spec == "easy-vqa" and not d.features:
-        eval_store_dir = builtin_store("test", cache, d.backend, dist)
-    else:
-        eval_store_dir = train_store_dir
-    train_store = _open_store(train_store_dir)
-    answers = answer_table(train_texts, d.answer_min_count) if cfg.objectives.qa > 0 else []
-    train_data = PretrainData(train_texts, train_store, tokenizer, answers, cfg.masking, d.max_text_len,
-                              cfg.train.seed, name="train")
-    eval_data = None
-    if eval_texts:
-        eval_data = PretrainData(eval_texts, _open_store(eval_store_dir), tokenizer, answers, cfg.masking,
-                                 d.max_text_len, cfg.train.seed + 1, name="eval")
+    return PretrainRun(cfg, out_dir=out_dir, dist=dist, show_progress=show_progress).run(resume)
 
-    # Model: preset + overrides, sized to the store and the answer table; heads follow the objectives.
-    weights = dataclasses.asdict(cfg.objectives)
-    labels = train_data.label_info()
-    off = [f"region_{k}" for k in ("obj", "attr") if weights[f"region_{k}"] > 0 and k not in labels]
-    if off:
-        logger.warning("objective(s) %s off: the feature store %s has no detector labels", ", ".join(off),
-                       train_store_dir)
-        weights.update({name: 0.0 for name in off})
-    model_overrides = dict(cfg.model)
-    model_overrides.update(visual_feat_dim=train_store.feature_dim, num_answers=len(answers),
-                           visual_obj_loss=weights["region_obj"] > 0, visual_attr_loss=weights["region_attr"] > 0,
-                           visual_feat_loss=weights["region_feat"] > 0)
-    if "obj" in labels:
-        model_overrides["num_object_labels"] = labels["obj"]
-    if "attr" in labels:
-        model_overrides["num_attr_labels"] = labels["attr"]
-    mc = model_config(cfg.preset, model_overrides)
-    torch.manual_seed(cfg.train.seed)  # model init: the same weights on every rank (DDP also broadcasts rank 0's)
-    model = vlm.models.tasks.VLMForPreTraining(mc)
-    if mc.text_init:
-        vlm.load_text_weights(model, mc.text_init)
-    objectives = build_objectives(weights)
-    reducer = D.mean_across_ranks if dist.enabled else None
-    task = PretrainTask(model, objectives, count_reducer=reducer)
 
-    def evaluate(t: PretrainTask) -> dict[str, float]:
-        return evaluate_pretraining(t, eval_data, cfg.train.batch_size, dist, device)
+class PretrainRun:
+    """A pretraining run assembled from its config: data, model, objectives and the engine's trainer.
 
-    trainer = Trainer(task, train_data, cfg.train, save_model=model, run_dir=run_dir, dist=dist, device=device,
-                      evaluate=evaluate if eval_data is not None else None, run_config_yaml=cfg.to_yaml(),
-                      keep_last=cfg.train.keep_last, show_progress=show_progress)
-    result = trainer.train(resume=resume)
-    summary = {"arch": mc.arch, "preset": cfg.preset, "run_dir": str(run_dir), "objectives": sorted(objectives),
-               "train": dataclasses.asdict(train_data.report),
-               "eval_data": dataclasses.asdict(eval_data.report) if eval_data else None,
-               "answers": answers, "world_size": dist.world_size, **result}
-    if dist.is_main:
-        final = run_dir / "model"
-        model.save_pretrained(final)
-        write_text(final / "answers.json", json.dumps(answers) + "\n")
-        summary["model"] = str(final)
-        write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    return summary
+    ``pretrain()`` is ``PretrainRun(cfg).run()``; the parts stay reachable (``.model``, ``.trainer``, ``.train_data``)
+    for notebooks and tests.
+    """
+
+    def __init__(self, cfg: PretrainConfig, *, out_dir: str | Path | None = None, dist: D.DistInfo = D.DistInfo(),
+                 show_progress: bool = True) -> None:
+        self.cfg, self.dist = cfg, dist
+        run_dir = self.run_dir = Path(out_dir or cfg.train.out_dir)
+        cfg.train.out_dir = str(run_dir)
+        device = _device(cfg.train.device, dist)
+        D.setup(dist, device)
+        tokenizer = vlm.load_tokenizer()
+        d = cfg.data
+        cache = d.cache_dir or str(Path.home() / ".cache" / "vlm")
+        builtin = d.texts == "easy-vqa"
+        train_texts = read_texts(d.texts, "train")
+        if d.train_limit:
+            train_texts = train_texts[:d.train_limit]
+        eval_spec = d.eval_texts or ("easy-vqa" if builtin else "")
+        eval_texts = read_texts(eval_spec, "test") if eval_spec else []
+        if d.eval_limit:
+            eval_texts = eval_texts[:d.eval_limit]
+        if d.features:
+            train_store_dir = Path(d.features)
+        elif builtin:
+            train_store_dir = builtin_store("train", cache, d.backend, dist)
+        else:
+            raise DataError(f"data.features: a feature store folder is needed for {d.texts} (vlm extract makes one)")
+        if d.eval_features:
+            eval_store_dir = Path(d.eval_features)
+        elif eval_spec == "easy-vqa" and not d.features:
+            eval_store_dir = builtin_store("test", cache, d.backend, dist)
+        else:
+            eval_store_dir = train_store_dir
+        train_store = _open_store(train_store_dir)
+        answers = answer_table(train_texts, d.answer_min_count) if cfg.objectives.qa > 0 else []
+        train_data = PretrainData(train_texts, train_store, tokenizer, answers, cfg.masking, d.max_text_len,
+                                  cfg.train.seed, name="train")
+        eval_data = None
+        if eval_texts:
+            eval_data = PretrainData(eval_texts, _open_store(eval_store_dir), tokenizer, answers, cfg.masking,
+                                     d.max_text_len, cfg.train.seed + 1, name="eval")
+
+        # Model: preset + overrides, sized to the store and the answer table; heads follow the objectives.
+        weights = dataclasses.asdict(cfg.objectives)
+        labels = train_data.label_info()
+        off = [f"region_{k}" for k in ("obj", "attr") if weights[f"region_{k}"] > 0 and k not in labels]
+        if off:
+            logger.warning("objective(s) %s off: the feature store %s has no detector labels", ", ".join(off),
+                           train_store_dir)
+            weights.update({name: 0.0 for name in off})
+        model_overrides = dict(cfg.model)
+        model_overrides.update(visual_feat_dim=train_store.feature_dim, num_answers=len(answers),
+                               visual_obj_loss=weights["region_obj"] > 0, visual_attr_loss=weights["region_attr"] > 0,
+                               visual_feat_loss=weights["region_feat"] > 0)
+        if "obj" in labels:
+            model_overrides["num_object_labels"] = labels["obj"]
+        if "attr" in labels:
+            model_overrides["num_attr_labels"] = labels["attr"]
+        mc = model_config(cfg.preset, model_overrides)
+        torch.manual_seed(cfg.train.seed)  # model init: the same weights on every rank (DDP also broadcasts rank 0's)
+        model = vlm.models.tasks.VLMForPreTraining(mc)
+        if mc.text_init:
+            vlm.load_text_weights(model, mc.text_init)
+        objectives = build_objectives(weights)
+        reducer = D.mean_across_ranks if dist.enabled else None
+        task = PretrainTask(model, objectives, count_reducer=reducer)
+
+        def evaluate(t: PretrainTask) -> dict[str, float]:
+            return evaluate_pretraining(t, eval_data, cfg.train.batch_size, dist, device)
+
+        trainer = Trainer(task, train_data, cfg.train, save_model=model, run_dir=run_dir, dist=dist, device=device,
+                          evaluate=evaluate if eval_data is not None else None, run_config_yaml=cfg.to_yaml(),
+                          keep_last=cfg.train.keep_last, show_progress=show_progress)
+        self.model, self.train_data, self.eval_data, self.answers = model, train_data, eval_data, answers
+        self.objectives, self.trainer = objectives, trainer
+
+    def run(self, resume: str | bool | None = None) -> dict[str, Any]:
+        cfg, dist, run_dir = self.cfg, self.dist, self.run_dir
+        result = self.trainer.train(resume=resume)
+        mc = self.model.config
+        summary = {"arch": mc.arch, "preset": cfg.preset, "run_dir": str(run_dir), "objectives": sorted(self.objectives),
+                   "train": dataclasses.asdict(self.train_data.report),
+                   "eval_data": dataclasses.asdict(self.eval_data.report) if self.eval_data else None,
+                   "answers": self.answers, "world_size": dist.world_size, **result}
+        if dist.is_main:
+            final = run_dir / "model"
+            self.model.save_pretrained(final)
+            write_text(final / "answers.json", json.dumps(self.answers) + "\n")
+            summary["model"] = str(final)
+            write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+        return summary
 
 
 @torch.no_grad()

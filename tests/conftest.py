@@ -16,3 +16,11 @@ from vlm_testing import make_batch  # noqa: E402
 @pytest.fixture
 def tiny_batch() -> vlm.Batch:
     return make_batch()
+
+
+@pytest.fixture(scope="session")
+def easy_vqa_stores(tmp_path_factory) -> tuple[str, str]:
+    """(train, test) `patches` feature stores of a few real easy-VQA images."""
+    from vlm_testing import make_stores
+
+    return make_stores(tmp_path_factory.mktemp("stores"))

@@ -28,3 +28,46 @@ def make_batch(b: int = 3, t: int = 9, k: int = 10, d: int = 12, vocab: int = 99
     boxes = torch.cat([x1y1, x1y1 + torch.rand(b, k, 2, generator=g) * 0.5], dim=-1)
     return vlm.Batch(input_ids=ids, attention_mask=am, token_type_ids=torch.zeros_like(ids),
                      region_feats=torch.randn(b, k, d, generator=g), region_boxes=boxes, region_mask=rm)
+
+
+# ------------------------------------------------------------------------------------------------ pretraining runs
+
+TINY_MODEL = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, l_layers=1, r_layers=1, x_layers=1,
+                  num_layers=2, text_init=None, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def make_stores(root, train_images: int = 24, test_images: int = 8) -> tuple[str, str]:
+    """Real easy-VQA images → `patches` feature stores (train, test) under ``root``."""
+    from pathlib import Path
+
+    from features.extract import extract
+
+    root = Path(root)
+    out = []
+    for split, n in (("train", train_images), ("test", test_images)):
+        d = root / f"feats-{split}"
+        extract(f"easy-vqa:{split}", d, "patches", limit=n, part=(0, 1), device="cpu", progress=False,
+                num_workers=0)
+        out.append(str(d))
+    return out[0], out[1]
+
+
+def write_pretrain_config(path, stores: tuple[str, str], preset: str = "lxmert-mini", train: dict | None = None,
+                          objectives: dict | None = None, train_limit: int = 160, eval_limit: int = 32,
+                          model: dict | None = None) -> str:
+    """A tiny pretraining run config (YAML) on the stores of :func:`make_stores`."""
+    import yaml
+
+    cfg = {
+        "preset": preset,
+        "model": {**TINY_MODEL, **(model or {})},
+        "train": {"batch_size": 8, "max_steps": 6, "lr": 1e-3, "log_every": 1, "save_every": 2,
+                  "precision": "fp32", "warmup_ratio": 0.0, **(train or {})},
+        "data": {"texts": "easy-vqa", "features": stores[0], "eval_features": stores[1], "eval_texts": "easy-vqa",
+                 "train_limit": train_limit, "eval_limit": eval_limit},
+    }
+    if objectives:
+        cfg["objectives"] = objectives
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return str(path)
