@@ -1,0 +1,176 @@
+"""Training-pipeline benchmark: does the data path or the engine cost training speed, and do loader workers stay flat?
+
+Prints, from one run (ratios are what to compare; these machines are noisy):
+
+1. train steps/s with batches read from a real feature store through the engine's loader vs the same batches
+   already in memory (same model, same engine step) — target >= 0.95;
+2. the engine's ``Trainer.train_step`` vs a bare loop (autocast forward, backward, clip, AdamW step) on the same
+   in-memory batches — target >= 0.97;
+3. peak RSS (VmHWM) of DataLoader worker processes reading a store 1x and 4x as large (same texts) — target flat
+   (within 5%).
+
+Variants are interleaved round by round and the median of the rounds is reported.
+
+    python bench/pipeline.py [--steps 8] [--rounds 3] [--arch lxmert] [--workers 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import vlm  # noqa: E402
+from features.extract import extract  # noqa: E402
+from features.store import FeatureStore  # noqa: E402
+from pretraining.data import PretrainData, answer_table, read_easy_vqa  # noqa: E402
+from pretraining.objectives import build_objectives  # noqa: E402
+from pretraining.task import PretrainTask  # noqa: E402
+from vlm.config import TrainConfig  # noqa: E402
+from vlm.engine.loader import EpochPlan, epoch_loader  # noqa: E402
+from vlm.engine.trainer import Trainer, param_groups  # noqa: E402
+from vlm.precision import autocast  # noqa: E402
+
+
+class _Memory:
+    """A batch source that returns pre-built batches (the 'already in memory' variant)."""
+
+    def __init__(self, batches):
+        self.batches, self.n = batches, len(batches)
+
+    def __len__(self):
+        return self.n * 64
+
+    def batch(self, indices, epoch):
+        raise NotImplementedError
+
+
+def build_store(root: Path, copies: int) -> Path:
+    """easy-VQA train images as `patches` features; ``copies`` > 1 lists every image that many times under new ids."""
+    import easy_vqa
+
+    out = root / f"store-x{copies}"
+    if (out / "manifest.json").exists():
+        return out
+    paths = [Path(p) for _, p in sorted(easy_vqa.get_train_image_paths().items())]
+    listing = root / f"list-x{copies}.txt"
+    listing.write_text("".join(f"{p.stem}{'' if c == 0 else f'_{c}'}\t{p}\n" for c in range(copies) for p in paths))
+    extract(str(listing), out, "patches", part=(0, 1), device="cpu", progress=False, num_workers=0)
+    return out
+
+
+def worker_peak_rss(data: PretrainData, batches: int, workers: int = 2) -> float:
+    """Largest VmHWM (MiB) among the loader's worker processes after ``batches`` batches."""
+    plan = EpochPlan(len(data), 64, seed=0)
+    loader = epoch_loader(data, plan, 0, num_workers=workers)
+    it = iter(loader)
+    for _ in range(batches):
+        next(it)
+    peaks = []
+    for w in it._workers:
+        for line in Path(f"/proc/{w.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]) / 1024)
+    del it
+    return max(peaks)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="lxmert", choices=["lxmert", "vilbert"])
+    ap.add_argument("--steps", type=int, default=8, help="train steps per variant and round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=0, help="loader workers of the store variant")
+    ap.add_argument("--rss-batches", type=int, default=60, help="batches read before measuring worker RSS")
+    ap.add_argument("--root", default=None, help="folder for the benchmark's feature stores (default: a temp dir)")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    root = Path(args.root or tempfile.mkdtemp(prefix="vlm-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    store1 = build_store(root, 1)
+    texts = read_easy_vqa("train")
+    answers = answer_table(texts)
+    tok = vlm.load_tokenizer()
+    data = PretrainData(texts, FeatureStore(store1), tok, answers, seed=0)
+    model = vlm.create_model(f"{args.arch}-mini", task="pretraining", visual_feat_dim=data.store.feature_dim,
+                             num_answers=len(answers), visual_obj_loss=False, visual_attr_loss=False,
+                             text_init="all-minilm-l6-v2")
+    task = PretrainTask(model, build_objectives({"mlm": 1, "region_feat": 1, "matching": 1, "qa": 1}))
+    cfg = TrainConfig(batch_size=64, max_steps=10_000, log_every=10_000)
+    trainer = Trainer(task, data, cfg, save_model=model, run_dir=root / "run", show_progress=False)
+    plan = trainer.plan
+    n = args.steps
+    memory = [data.batch(plan.indices(0, p), 0) for p in range(n)]
+
+    bare_opt = torch.optim.AdamW(param_groups(task, 0.01), lr=1e-4)
+
+    def bare_step(batch):
+        task.train()
+        with autocast("cpu", cfg.precision):
+            out = task(batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
+        bare_opt.step()
+        bare_opt.zero_grad(set_to_none=True)
+
+    def run_store(r):
+        start = time.perf_counter()
+        for i, batch in enumerate(epoch_loader(data, plan, 1 + r, start=0, num_workers=args.workers)):
+            trainer.train_step([batch])
+            if i + 1 == n:
+                break
+        return n / (time.perf_counter() - start)
+
+    def run_memory(_):
+        start = time.perf_counter()
+        for batch in memory:
+            trainer.train_step([batch])
+        return n / (time.perf_counter() - start)
+
+    def run_bare(_):
+        start = time.perf_counter()
+        for batch in memory:
+            bare_step(batch)
+        return n / (time.perf_counter() - start)
+
+    run_memory(0)  # warm-up (allocator, oneDNN kernels)
+    rates = {"store": [], "memory": [], "bare": []}
+    for r in range(args.rounds):
+        rates["store"].append(run_store(r))
+        rates["memory"].append(run_memory(r))
+        rates["bare"].append(run_bare(r))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"# {args.arch}-mini pretraining, batch 64, precision {cfg.precision}, {torch.get_num_threads()} threads, "
+          f"median of {args.rounds} interleaved rounds of {n} steps")
+    print(f"{'variant':<44}{'steps/s':>9}{'ratio':>8}  target")
+    print(f"{'engine step, batches in memory':<44}{med['memory']:>9.3f}{1.0:>8.3f}")
+    print(f"{f'engine step, store + loader ({args.workers} workers)':<44}{med['store']:>9.3f}"
+          f"{med['store'] / med['memory']:>8.3f}  >= 0.95")
+    print(f"{'bare loop, batches in memory':<44}{med['bare']:>9.3f}{1.0:>8.3f}")
+    print(f"{'engine step vs bare loop':<44}{med['memory']:>9.3f}{med['memory'] / med['bare']:>8.3f}  >= 0.97")
+
+    store4 = build_store(root, 4)
+    rss = {}
+    for name, path in (("1x", store1), ("4x", store4)):
+        d = PretrainData(texts, FeatureStore(path), tok, answers, seed=0)
+        rss[name] = worker_peak_rss(d, args.rss_batches)
+    size = {name: sum(f.stat().st_size for f in Path(p).glob("*.tar")) / 2**20 for name, p in
+            (("1x", store1), ("4x", store4))}
+    print(f"# peak RSS of a loader worker (2 workers, {args.rss_batches} batches of 64, same {len(texts)} texts)")
+    for name in ("1x", "4x"):
+        print(f"store {name}: {size[name]:8.0f} MiB of shards   worker VmHWM {rss[name]:7.1f} MiB   "
+              f"ratio {rss[name] / rss['1x']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
