@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vlm.batch import Batch
+from vlm.collate import TokenTable, join_to_store, regions_of
 from vlm.errors import DataError
 from pretraining.masking import IGNORE, MaskingConfig, mask_regions, mask_tokens
 
@@ -186,22 +187,6 @@ def answer_scores(answers: list[str], index: dict[str, int]) -> dict[int, float]
 # ------------------------------------------------------------------------------------------------------- dataset
 
 
-@dataclass
-class JoinReport:
-    texts: int = 0  # texts read
-    kept: int = 0  # texts whose image is in the store
-    missing_image: int = 0  # texts skipped: image not in the store
-    missing_examples: list[str] = field(default_factory=list)  # first few missing image ids
-    images: int = 0  # distinct images used
-
-    def line(self, name: str) -> str:
-        text = f"{name}: {self.kept} of {self.texts} texts over {self.images} images"
-        if self.missing_image:
-            text += (f"; {self.missing_image} skipped because their image is not in the feature store "
-                     f"(e.g. {', '.join(self.missing_examples)})")
-        return text
-
-
 class PretrainData:
     """Texts joined to a feature store; ``batch(indices, epoch)`` builds a masked, paired, padded ``Batch``.
 
@@ -220,30 +205,16 @@ class PretrainData:
                  masking: MaskingConfig | None = None, max_text_len: int = 40, seed: int = 0,
                  name: str = "data") -> None:
         self.store, self.masking, self.seed = store, masking or MaskingConfig(), seed
-        self.report = JoinReport(texts=len(examples))
-        kept = []
-        for e in examples:
-            if e.image_id in store:
-                kept.append(e)
-            else:
-                self.report.missing_image += 1
-                if len(self.report.missing_examples) < 5:
-                    self.report.missing_examples.append(e.image_id)
-        if not kept:
-            raise DataError(f"{name}: none of the {len(examples)} texts has its image in the feature store "
-                            f"{getattr(store, 'directory', store)} (e.g. image ids {[e.image_id for e in examples[:3]]})")
-        self.report.kept = len(kept)
+        keep, self.report = join_to_store([e.image_id for e in examples], store, name)
+        kept = [examples[i] for i in keep]
         images = sorted({e.image_id for e in kept})
         self.images = images
         code = {img: i for i, img in enumerate(images)}
-        self.report.images = len(images)
         self.image_code = np.array([code[e.image_id] for e in kept], dtype=np.int64)
-        (logger.warning if self.report.missing_image else logger.info)(self.report.line(name))
         # Tokenise once; keep the ids flat (no per-example Python objects held).
-        enc = tokenizer([e.text for e in kept], truncation=True, max_length=max_text_len)["input_ids"]
-        self.lengths = np.array([len(x) for x in enc], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
-        self.tokens = np.fromiter((t for x in enc for t in x), dtype=np.int64, count=int(self.lengths.sum()))
+        table = TokenTable([e.text for e in kept], tokenizer, max_text_len)
+        self.lengths, self.offsets, self.tokens = table.lengths, table.offsets, table.tokens
+        enc = [table.get(i).tolist() for i in range(len(table))]
         # A mismatched text must not be one of the image's own texts either (easy-VQA asks "what shape is in the
         # image?" of every image: such a negative would be a true pair labelled false).
         text_code = {}
@@ -269,8 +240,7 @@ class PretrainData:
 
     def _regions(self, image: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         s = self.store[image]
-        k = int(s["meta"].get("num_valid", s["feats"].shape[0]))
-        return s["feats"][:k], s["boxes"][:k], s["meta"]
+        return (*regions_of(s), s["meta"])
 
     def batch(self, indices: np.ndarray, epoch: int) -> Batch:
         indices = np.asarray(indices, dtype=np.int64)

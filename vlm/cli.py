@@ -196,6 +196,60 @@ def format_pretrain_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import os
+
+    from downstream.finetune import finetune, load_finetune_config
+    from vlm.engine.distributed import DistInfo
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.init, "init"), (args.data, "data.train"), (args.eval_data, "data.eval"),
+                      (args.features, "data.features"), (args.eval_features, "data.eval_features"),
+                      (args.max_steps, "train.max_steps")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    cfg = load_finetune_config(args.config, args.task, args.arch, overrides)
+    if not cfg.data.cache_dir:
+        cfg.data.cache_dir = os.environ.get("VLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlm"))
+    dist = DistInfo.from_env(os.environ)
+    summary = finetune(cfg, out_dir=args.out, resume=args.resume, dist=dist, show_progress=not args.no_progress)
+    if dist.is_main:
+        print(format_metrics(summary.get("metrics"), f"fine-tuned {summary['arch']} ({summary['task']}) for "
+                             f"{summary['steps']} steps; model: {summary.get('model')}"))
+    return 0
+
+
+def format_metrics(metrics: dict | None, title: str) -> str:
+    lines = [title]
+    if not metrics:
+        return lines[0]
+    main_key = "overall" if "overall" in metrics else "accuracy"
+    lines.append(f"  {metrics.get('metric', '')}: {main_key} {metrics[main_key]:.2f}% over {metrics.get('n')} examples")
+    for group in ("per_answer_type", "per_question_type", "per_group"):
+        if metrics.get(group) and not (group == "per_question_type" and metrics.get("per_answer_type") ==
+                                       metrics.get(group)):
+            lines.append(f"  {group.replace('_', ' ')}: " + ", ".join(f"{k} {v:.2f}%" for k, v in
+                                                                    metrics[group].items()))
+    for k in ("macro_f1", "roc_auc"):
+        if metrics.get(k) is not None:
+            lines.append(f"  {k}: {metrics[k]:.2f}")
+    return "\n".join(lines)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import os
+
+    from downstream.finetune import evaluate_checkpoint
+
+    out = evaluate_checkpoint(args.checkpoint, split=args.split, data=args.data, features=args.features,
+                              cache_dir=os.environ.get("VLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                                                 "vlm")),
+                              batch_size=args.batch_size, out=args.out)
+    print(format_metrics(out["metrics"], f"evaluated {args.checkpoint} on {out['data']} ({out['split']}); "
+                         f"metrics: {out['path']}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlm",
@@ -231,6 +285,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="dotted overrides: train.lr=5e-5 model.x_layers=3 objectives.qa=0")
     p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune for VQA or [CLS] classification (default: built-in easy-VQA data)",
+                       description="Data formats: VQA — easy-vqa, QUESTIONS.json,ANNOTATIONS.json (official VQA v2), "
+                                   "an LXMERT .json list; classify — easy-vqa-statements, a JSONL of {image_id, "
+                                   "text, label}, or the Hateful Memes JSONL layout.")
+    p.add_argument("--task", choices=["vqa", "classify"], default=None)
+    p.add_argument("--arch", choices=["lxmert", "vilbert"], default=None)
+    p.add_argument("--config", default=None, help="fine-tuning preset (configs/finetune) or YAML file; "
+                   "default <arch>-<task>")
+    p.add_argument("--init", default=None, help="model preset or checkpoint folder (e.g. a pretraining run's model/)")
+    p.add_argument("--data", default=None, help="training examples (see the formats above)")
+    p.add_argument("--eval-data", default=None, help="held-out examples")
+    p.add_argument("--features", default=None, help="feature store of the training images")
+    p.add_argument("--eval-features", default=None, help="feature store of the held-out images")
+    p.add_argument("--out", default=None, help="run folder")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="DIR")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="dotted overrides: train.lr=5e-5 train.epochs=3 model.x_layers=3")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="metrics of a fine-tuned checkpoint (overall and per type)")
+    p.add_argument("--checkpoint", required=True, help="a fine-tuned model folder (e.g. runs/finetune-.../model)")
+    p.add_argument("--split", default="test", help="split of the built-in data (default test)")
+    p.add_argument("--data", default=None, help="examples to evaluate on (default: the run's held-out data)")
+    p.add_argument("--features", default=None, help="feature store of their images")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--out", default=None, help="metrics file (default: <checkpoint>/eval-<split>.json)")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="forward every preset on real easy-VQA questions and images (CPU, ~1 min)")
     p.add_argument("--num-images", type=int, default=8, help="easy-VQA test images to use (default 8)")

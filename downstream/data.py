@@ -1,0 +1,155 @@
+"""Fine-tuning datasets: VQA questions or classification texts joined to a feature store, as engine batch sources.
+
+``batch(indices, epoch)`` returns a :class:`vlm.Batch` with ``answer_targets`` (VQA: soft scores over the answer
+table) or ``labels`` (classification). No randomness: the engine's plan decides the order.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlm.batch import Batch
+from vlm.collate import TokenTable, join_to_store, pad_regions, regions_of
+from vlm.errors import DataError
+from downstream.classification import ClassificationExample, ClassList, read_hateful_memes, read_jsonl
+from downstream.vqa import AnswerVocab, VQAExample, answer_targets, read_easy_vqa, read_lxmert_json, read_vqa_v2
+
+logger = logging.getLogger(__name__)
+
+BUILTIN = {"vqa": "easy-vqa", "classify": "easy-vqa-statements"}
+
+
+def read_vqa(spec: str, split: str) -> list[VQAExample]:
+    """``easy-vqa`` (built in), ``QUESTIONS.json,ANNOTATIONS.json`` (official VQA v2), ``QUESTIONS.json`` (VQA v2
+    without answers) or an LXMERT-preprocessed ``.json`` list."""
+    if spec == "easy-vqa":
+        return read_easy_vqa(split)
+    if "," in spec:
+        q, a = spec.split(",", 1)
+        return read_vqa_v2(q, a)
+    path = Path(spec)
+    if path.suffix != ".json":
+        raise DataError(f"{spec}: VQA data must be easy-vqa, QUESTIONS.json,ANNOTATIONS.json (VQA v2) or an "
+                        "LXMERT .json list")
+    import json
+
+    try:
+        head = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a JSON file ({e})") from None
+    return read_vqa_v2(path) if isinstance(head, dict) else read_lxmert_json(path)
+
+
+def read_classification(spec: str, split: str, classes: ClassList | None = None) -> list[ClassificationExample]:
+    """``easy-vqa-statements`` (built in), a JSONL of ``{image_id, text, label}`` or the Hateful Memes layout
+    (``{id, img, label, text}``, recognised by its ``img`` field)."""
+    if spec == "easy-vqa-statements":
+        from downstream.statements import build_statements
+
+        examples, report = build_statements(split)
+        logger.info("easy-vqa-statements %s: %s", split, report.as_dict())
+        return examples
+    path = Path(spec)
+    try:
+        first = next((line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), "")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 JSONL file ({e})") from None
+    return read_hateful_memes(path, classes) if '"img"' in first else read_jsonl(path, classes)
+
+
+class _Joined:
+    """Texts joined to a store, tokenised once; region padding per batch."""
+
+    def __init__(self, texts: list[str], image_ids: list[str], store: Any, tokenizer: Any, max_text_len: int,
+                 name: str) -> None:
+        keep, self.report = join_to_store(image_ids, store, name)
+        self.keep = keep
+        self.store = store
+        self.image_ids = [image_ids[i] for i in keep]
+        self.tokens = TokenTable([texts[i] for i in keep], tokenizer, max_text_len)
+        self.pad_id = tokenizer.pad_token_id
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def _inputs(self, indices: np.ndarray, image_ids: list[str] | None = None) -> dict[str, torch.Tensor]:
+        ids, mask = self.tokens.pad(indices, self.pad_id)
+        imgs = image_ids if image_ids is not None else [self.image_ids[i] for i in indices]
+        feats, boxes, region_mask = pad_regions([regions_of(self.store[i]) for i in imgs])
+        return dict(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                    token_type_ids=torch.zeros(ids.shape, dtype=torch.long), region_feats=torch.from_numpy(feats),
+                    region_boxes=torch.from_numpy(boxes), region_mask=torch.from_numpy(region_mask))
+
+
+class VQAData(_Joined):
+    """VQA examples joined to a store; targets are soft scores over ``vocab`` (kept as sparse rows)."""
+
+    def __init__(self, examples: list[VQAExample], store: Any, tokenizer: Any, vocab: AnswerVocab,
+                 max_text_len: int = 40, rule: str = "lxmert", name: str = "vqa", with_targets: bool = True) -> None:
+        for n, e in enumerate(examples):
+            if not e.question.strip():
+                raise DataError(f"{name}: question {n} (question_id {e.question_id!r}) is empty")
+        super().__init__([e.question for e in examples], [e.image_id for e in examples], store, tokenizer,
+                         max_text_len, name)
+        self.examples = [examples[i] for i in self.keep]
+        self.vocab = vocab
+        self.unknown_answers = 0
+        idx, val, offsets = [], [], [0]
+        if with_targets:
+            for e in self.examples:
+                target, unknown = answer_targets(e, vocab, rule)
+                nz = np.flatnonzero(target)
+                idx.append(nz)
+                val.append(target[nz])
+                offsets.append(offsets[-1] + len(nz))
+                self.unknown_answers += int(unknown > 0 and not len(nz))
+            if self.unknown_answers:
+                logger.warning("%s: %d of %d questions have no answer in the %d-answer table (trained with all-zero "
+                               "targets, scored 0 by the metric)", name, self.unknown_answers, len(self.examples),
+                               len(vocab))
+        self.with_targets = with_targets
+        self.t_idx = np.concatenate(idx) if idx else np.zeros(0, np.int64)
+        self.t_val = np.concatenate(val).astype(np.float32) if val else np.zeros(0, np.float32)
+        self.t_off = np.asarray(offsets, dtype=np.int64)
+
+    def batch(self, indices: np.ndarray, epoch: int) -> Batch:
+        indices = np.asarray(indices, dtype=np.int64)
+        targets = None
+        if self.with_targets:
+            targets = torch.zeros(len(indices), len(self.vocab))
+            for r, i in enumerate(indices):
+                s, e = self.t_off[i], self.t_off[i + 1]
+                targets[r, torch.from_numpy(self.t_idx[s:e])] = torch.from_numpy(self.t_val[s:e])
+        return Batch(**self._inputs(indices), answer_targets=targets)
+
+
+class ClassifyData(_Joined):
+    """Classification examples joined to a store; ``labels`` are class ids."""
+
+    def __init__(self, examples: list[ClassificationExample], store: Any, tokenizer: Any, num_labels: int,
+                 max_text_len: int = 40, name: str = "classify", with_targets: bool = True) -> None:
+        for n, e in enumerate(examples):
+            if with_targets and e.label is None:
+                raise DataError(f"{name}: example {e.example_id!r} (row {n + 1}) has no label")
+            if e.label is not None and not 0 <= e.label < num_labels:
+                raise DataError(f"{name}: example {e.example_id!r} has label {e.label}, outside the {num_labels} "
+                                "classes")
+        super().__init__([e.text for e in examples], [e.image_id for e in examples], store, tokenizer,
+                         max_text_len, name)
+        self.examples = [examples[i] for i in self.keep]
+        self.labels = np.array([e.label if e.label is not None else -1 for e in self.examples], dtype=np.int64)
+        self.with_targets = with_targets
+
+    def batch(self, indices: np.ndarray, epoch: int) -> Batch:
+        indices = np.asarray(indices, dtype=np.int64)
+        labels = torch.from_numpy(self.labels[indices]) if self.with_targets else None
+        return Batch(**self._inputs(indices), labels=labels)

@@ -1,0 +1,102 @@
+"""Pieces every dataset of vlm uses to make a :class:`vlm.Batch`: texts tokenised once into flat arrays, texts joined
+to a feature store with a counted report, and padding of texts and regions (to the longest in the batch).
+
+The store is anything with ``__contains__`` and ``__getitem__(image_id) -> {"feats", "boxes", "meta"}`` (a
+``features.FeatureStore``); this module does not import ``features``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vlm.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+class TokenTable:
+    """Many texts tokenised in one call and kept as one flat int64 array + offsets (no per-text Python objects)."""
+
+    def __init__(self, texts: list[str], tokenizer: Any, max_len: int) -> None:
+        enc = tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+        self.lengths = np.fromiter((len(x) for x in enc), dtype=np.int64, count=len(enc))
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        self.tokens = np.fromiter((t for x in enc for t in x), dtype=np.int64, count=int(self.lengths.sum()))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def get(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    def pad(self, rows: np.ndarray, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``(input_ids [B, T], attention_mask [B, T])`` of texts ``rows`` padded to the longest of them."""
+        lens = self.lengths[rows]
+        t = int(lens.max())
+        ids = np.full((len(rows), t), pad_id, dtype=np.int64)
+        for r, i in enumerate(rows):
+            ids[r, :lens[r]] = self.get(int(i))
+        return ids, (np.arange(t)[None, :] < lens[:, None]).astype(np.int64)
+
+
+@dataclass
+class JoinReport:
+    """What happened when texts were joined to a feature store."""
+
+    texts: int = 0  # texts read
+    kept: int = 0  # texts whose image is in the store
+    missing_image: int = 0  # texts skipped: image not in the store
+    missing_examples: list[str] = field(default_factory=list)  # first few missing image ids
+    images: int = 0  # distinct images used
+
+    def line(self, name: str) -> str:
+        text = f"{name}: {self.kept} of {self.texts} texts over {self.images} images"
+        if self.missing_image:
+            text += (f"; {self.missing_image} skipped because their image is not in the feature store "
+                     f"(e.g. {', '.join(self.missing_examples)})")
+        return text
+
+
+def join_to_store(image_ids: list[str], store: Any, name: str) -> tuple[np.ndarray, JoinReport]:
+    """Indices of the texts whose image is in ``store``; the others are counted, a few listed, and logged.
+
+    Raises:
+        DataError: when no text has its image in the store.
+    """
+    report = JoinReport(texts=len(image_ids))
+    keep = []
+    for i, img in enumerate(image_ids):
+        if img in store:
+            keep.append(i)
+        else:
+            report.missing_image += 1
+            if len(report.missing_examples) < 5:
+                report.missing_examples.append(img)
+    if not keep:
+        raise DataError(f"{name}: none of the {len(image_ids)} texts has its image in the feature store "
+                        f"{getattr(store, 'directory', store)} (e.g. image ids {image_ids[:3]})")
+    report.kept = len(keep)
+    report.images = len({image_ids[i] for i in keep})
+    (logger.warning if report.missing_image else logger.info)(report.line(name))
+    return np.asarray(keep, dtype=np.int64), report
+
+
+def regions_of(sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The real regions of a store sample (``meta["num_valid"]`` drops a detector's padding boxes)."""
+    k = int(sample["meta"].get("num_valid", sample["feats"].shape[0]))
+    return sample["feats"][:k], sample["boxes"][:k]
+
+
+def pad_regions(regions: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(feats [B, K, D] float32, boxes [B, K, 4], region_mask [B, K])`` padded to the most regions in the batch."""
+    ks = np.array([f.shape[0] for f, _ in regions])
+    k, d = int(ks.max()), regions[0][0].shape[1]
+    feats = np.zeros((len(regions), k, d), dtype=np.float32)
+    boxes = np.zeros((len(regions), k, 4), dtype=np.float32)
+    for r, (f, b) in enumerate(regions):
+        feats[r, :f.shape[0]], boxes[r, :f.shape[0]] = f, b
+    return feats, boxes, (np.arange(k)[None, :] < ks[:, None]).astype(np.int64)
