@@ -98,6 +98,15 @@ class VQAData(_Joined):
         for n, e in enumerate(examples):
             if not e.question.strip():
                 raise DataError(f"{name}: question {n} (question_id {e.question_id!r}) is empty")
+        self.unlabelled = 0
+        if with_targets:  # test-split rows (no answers, no label) cannot be trained on: counted and reported
+            labelled = [e for e in examples if e.answers or e.label]
+            self.unlabelled = len(examples) - len(labelled)
+            if self.unlabelled:
+                logger.warning("%s: %d question(s) without answers or label skipped for training (e.g. question_id "
+                               "%r)", name, self.unlabelled,
+                               next(e.question_id for e in examples if not (e.answers or e.label)))
+            examples = labelled
         super().__init__([e.question for e in examples], [e.image_id for e in examples], store, tokenizer,
                          max_text_len, name)
         self.examples = [examples[i] for i in self.keep]

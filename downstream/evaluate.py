@@ -14,6 +14,7 @@ from vlm.engine import distributed as D
 from vlm.engine.loader import eval_batches
 from vlm.precision import autocast
 from downstream.classification import classification_metrics
+from vlm.errors import DataError
 from downstream.data import ClassifyData, VQAData
 from downstream.vqa import exact_match_accuracy, soft_accuracy, vqa_accuracy
 
@@ -48,14 +49,19 @@ def predict_logits(model: torch.nn.Module, data: VQAData | ClassifyData, batch_s
 
 def vqa_metrics(predictions: dict, data: VQAData) -> dict[str, Any]:
     """The metric the data's answers allow: official (ten human answers), soft (LXMERT labels), or exact match."""
-    examples = data.examples
+    examples = [e for e in data.examples if e.answers or e.label]  # test-split rows get predictions, no score
+    extra = {"n_unscored": len(data.examples) - len(examples)}
+    if not examples:
+        return {"metric": "none", **extra}
+    preds = {e.question_id: predictions[e.question_id] for e in examples}
     if all(len(e.answers) >= 2 for e in examples):
-        return {"metric": "vqa_accuracy", **vqa_accuracy(predictions, examples)}
+        return {"metric": "vqa_accuracy", **vqa_accuracy(preds, examples), **extra}
     if all(len(e.answers) == 1 for e in examples):
-        return {"metric": "exact_match", **exact_match_accuracy(predictions, examples)}
+        return {"metric": "exact_match", **exact_match_accuracy(preds, examples), **extra}
     if all(e.label is not None for e in examples):
-        return {"metric": "soft_accuracy", **soft_accuracy(predictions, examples)}
-    raise ValueError("evaluation data mixes questions with and without answers")
+        return {"metric": "soft_accuracy", **soft_accuracy(preds, examples), **extra}
+    raise DataError(f"{data.report.line('evaluation data')}: mixes questions with human answers and questions with "
+                    "only soft labels; evaluate them separately")
 
 
 def evaluate(model: torch.nn.Module, data: VQAData | ClassifyData, batch_size: int = 128,

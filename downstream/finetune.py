@@ -252,8 +252,7 @@ class FinetuneRun:
             summary["metrics"] = metrics
             if self.dist.is_main:
                 write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-                if self.cfg.task == "vqa":
-                    write_results(preds, self.run_dir / "predictions.json")
+                write_predictions(preds, self.run_dir / "predictions.json", self.cfg.task)
         if self.dist.is_main:
             write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
         return summary
@@ -267,6 +266,14 @@ def save_model_folder(model: vlm.VLMModel, folder: Path, vocab: AnswerVocab | No
     if classes is not None:
         write_text(folder / "classes.json", json.dumps(list(range(max(2, classes)))) + "\n")
     write_text(folder / "features.json", json.dumps(features_info, indent=2, default=str) + "\n")
+
+
+def write_predictions(preds: dict, path: Path, task: str) -> None:
+    """VQA: the official results format ``[{"question_id", "answer"}]``; classification: ``[{"id", "label"}]``."""
+    if task == "vqa":
+        write_results(preds, path)
+    else:
+        write_text(path, json.dumps([{"id": k, "label": v} for k, v in preds.items()]) + "\n")
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, float]:
@@ -330,6 +337,5 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", data: st
     metrics, preds = evaluate(model, dataset, batch_size, dev)
     path = Path(out) if out else folder / f"eval-{split}.json"
     write_text(path, json.dumps({"data": spec, "split": split, "metrics": metrics}, indent=2) + "\n")
-    if task == "vqa":
-        write_results(preds, path.with_name(path.stem + "-predictions.json"))
+    write_predictions(preds, path.with_name(path.stem + "-predictions.json"), task)
     return {"metrics": metrics, "path": str(path), "data": spec, "split": split}
