@@ -250,6 +250,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from downstream.predict import predict
+
+    out = predict(args.checkpoint, args.image, args.question, top_k=args.top_k, attention_png=args.attention)
+    print(f"Q: {args.question}")
+    for answer, score in out["answers"]:
+        print(f"  {answer:<20} {score:.4f}")
+    if args.attention:
+        print(f"attention picture: {out['attention']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlm",
@@ -314,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--out", default=None, help="metrics file (default: <checkpoint>/eval-<split>.json)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="answer a question about any image with a fine-tuned VQA model")
+    p.add_argument("--checkpoint", required=True, help="a fine-tuned VQA model folder")
+    p.add_argument("--image", required=True, help="an image file (any photo)")
+    p.add_argument("--question", required=True)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--attention", default=None, metavar="OUT.png",
+                   help="write the image with its boxes shaded by the [CLS] attention of the last layer")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("demo", help="forward every preset on real easy-VQA questions and images (CPU, ~1 min)")
     p.add_argument("--num-images", type=int, default=8, help="easy-VQA test images to use (default 8)")

@@ -106,3 +106,32 @@ def test_bad_init_is_a_clear_error(tmp_path, store, capsys):
     assert main(["finetune", "--task", "vqa", "--init", str(tmp_path / "nothing"), "--data", "easy-vqa",
                  "--features", store, "--out", str(tmp_path / "r"), *FAST]) == 2
     assert "not a checkpoint folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["lxmert", "vilbert"])
+def test_predict_on_easy_vqa_image_and_a_real_photo_writes_attention_png(tmp_path, easy_vqa_stores, arch, capsys):
+    import easy_vqa
+    import matplotlib
+    from PIL import Image
+
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "vqa", "--arch", arch, "--data", "easy-vqa", "--eval-data", "easy-vqa",
+                 "--features", easy_vqa_stores[0], "--eval-features", easy_vqa_stores[1], "--out", str(out),
+                 *FAST, "data.train_limit=64", "data.eval_limit=16"]) == 0
+    answers = json.loads((out / "model" / "answers.json").read_text())
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    for image in (easy_vqa.get_test_image_paths()[0], photo):
+        png = tmp_path / f"att-{Path(image).stem}.png"
+        capsys.readouterr()
+        assert main(["predict", "--checkpoint", str(out / "model"), "--image", str(image), "--question",
+                     "what color is the shape?", "--top-k", "3", "--attention", str(png)]) == 0
+        printed = capsys.readouterr().out.splitlines()
+        top = [line.split()[0] for line in printed[1:4]]
+        assert len(top) == 3 and all(a in answers for a in top)
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.size[0] >= 300 and im.size[1] >= 300
+
+
+def test_predict_rejects_missing_image_and_empty_question(tmp_path, capsys):
+    assert main(["predict", "--checkpoint", str(tmp_path), "--image", "x.png", "--question", "q"]) == 2
+    assert "not a vlm checkpoint" in capsys.readouterr().err
