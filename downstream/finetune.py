@@ -30,6 +30,7 @@ from vlm.models.tasks import model_class
 from downstream.classification import ClassList
 from downstream.data import BUILTIN, ClassifyData, VQAData, read_classification, read_vqa
 from downstream.evaluate import evaluate
+from downstream.modality import TransformedSource, transform_for
 from downstream.vqa import AnswerVocab, write_results
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class FinetuneConfig:
     """A fine-tuning run."""
 
     task: str = "vqa"  # "vqa" (answer head, soft-score BCE) or "classify" ([CLS] classifier, cross-entropy)
+    modality: str = "fused"  # "fused"; "text" or "image" trains and evaluates a unimodal baseline (downstream.modality)
     init: str = "lxmert-mini"  # a model preset, or a checkpoint folder (e.g. runs/pretrain-lxmert/model)
     model: dict = field(default_factory=dict)  # model config overrides (e.g. hidden_dropout_prob: 0.1)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -225,13 +227,15 @@ class FinetuneRun:
             self.vocab = None
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.init, TASKS[cfg.task], overrides, self.vocab)
+        self.transform = transform_for(cfg.modality)
+        source = self.train_data if self.transform is None else TransformedSource(self.train_data, self.transform)
 
         def evaluate_fn(model: torch.nn.Module) -> dict[str, float]:
             metrics, _ = evaluate(model, self.eval_data, cfg.train.batch_size * 2, self.device, cfg.train.precision,
-                                  dist)
+                                  dist, self.transform)
             return _flat(metrics)
 
-        self.trainer = Trainer(self.model, self.train_data, cfg.train, save_model=self.model, run_dir=self.run_dir,
+        self.trainer = Trainer(self.model, source, cfg.train, save_model=self.model, run_dir=self.run_dir,
                                dist=dist, device=self.device,
                                evaluate=evaluate_fn if self.eval_data is not None else None,
                                run_config_yaml=cfg.to_yaml(), keep_last=cfg.train.keep_last,
@@ -239,7 +243,8 @@ class FinetuneRun:
 
     def run(self, resume: str | bool | None = None) -> dict[str, Any]:
         result = self.trainer.train(resume=resume)
-        summary: dict[str, Any] = {"task": self.cfg.task, "arch": self.model.config.arch, "init": self.cfg.init,
+        summary: dict[str, Any] = {"task": self.cfg.task, "modality": self.cfg.modality,
+                                   "arch": self.model.config.arch, "init": self.cfg.init,
                                    "run_dir": str(self.run_dir), "train": dataclasses.asdict(self.train_data.report),
                                    **result}
         if self.dist.is_main:
@@ -248,7 +253,7 @@ class FinetuneRun:
             summary["model"] = str(final)
         if self.eval_data is not None:
             metrics, preds = evaluate(self.model, self.eval_data, self.cfg.train.batch_size * 2, self.device,
-                                      self.cfg.train.precision, self.dist)
+                                      self.cfg.train.precision, self.dist, self.transform)
             summary["metrics"] = metrics
             if self.dist.is_main:
                 write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -292,22 +297,22 @@ def finetune(cfg: FinetuneConfig, *, out_dir: str | Path | None = None, resume: 
     return FinetuneRun(cfg, out_dir=out_dir, dist=dist, show_progress=show_progress).run(resume)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", data: str | None = None,
-                        features: str | None = None, cache_dir: str = "", batch_size: int = 128,
-                        out: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
-    """Evaluate a fine-tuned model folder (``vlm evaluate``); returns ``{"metrics", "path", "data", "split"}``.
+def load_eval_data(checkpoint: str | Path, *, split: str = "test", data: str | None = None,
+                   features: str | None = None, cache_dir: str = "",
+                   limit: int | None = None) -> tuple[vlm.VLMModel, Any, str, Any]:
+    """A fine-tuned model folder and the examples to evaluate it on: ``(model, dataset, data spec, run config)``.
 
     Without ``data`` it uses the held-out data of the run the folder belongs to (``../config.yaml``), or the built-in
     data of its task.
     """
     from features.store import FeatureStore
-    from pretraining.run import _device, builtin_store
+    from pretraining.run import builtin_store
 
     folder = Path(checkpoint)
     model = vlm.from_pretrained(folder)
     if model.task not in ("vqa", "classification"):
-        raise DataError(f"{folder}: a {model.task!r} checkpoint; vlm evaluate takes a fine-tuned vqa or "
-                        "classification model folder")
+        raise DataError(f"{folder}: a {model.task!r} checkpoint; a fine-tuned vqa or classification model folder "
+                        "is needed")
     task = "vqa" if model.task == "vqa" else "classify"
     run_cfg = None
     if (folder.parent / "config.yaml").is_file():
@@ -326,16 +331,34 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", data: st
     store = FeatureStore(store_dir)
     tok = vlm.load_tokenizer()
     max_len = run_cfg.data.max_text_len if run_cfg else 40
+    if limit is None and run_cfg and not data:  # the run's own held-out set
+        limit = run_cfg.data.eval_limit or None
     if task == "vqa":
         vocab = AnswerVocab(json.loads((folder / "answers.json").read_text()))
-        dataset: Any = VQAData(read_vqa(spec, split), store, tok, vocab, max_len, name=str(spec), with_targets=False)
+        dataset: Any = VQAData(read_vqa(spec, split)[:limit], store, tok, vocab, max_len, name=str(spec),
+                               with_targets=False)
     else:
-        dataset = ClassifyData(read_classification(spec, split), store, tok, model.config.num_labels, max_len,
+        dataset = ClassifyData(read_classification(spec, split)[:limit], store, tok, model.config.num_labels, max_len,
                                name=str(spec))
+    return model, dataset, spec, run_cfg
+
+
+def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", data: str | None = None,
+                        features: str | None = None, cache_dir: str = "", batch_size: int = 128,
+                        out: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
+    """Evaluate a fine-tuned model folder (``vlm evaluate``); returns ``{"metrics", "path", "data", "split"}`` and
+    writes the metrics (``<checkpoint>/eval-<split>.json`` by default) and the predictions beside them."""
+    from pretraining.run import _device
+
+    folder = Path(checkpoint)
+    model, dataset, spec, run_cfg = load_eval_data(folder, split=split, data=data, features=features,
+                                                   cache_dir=cache_dir)
+    transform = transform_for(run_cfg.modality if run_cfg else "fused")
     dev = _device(device, D.DistInfo())
     model.to(dev)
-    metrics, preds = evaluate(model, dataset, batch_size, dev)
+    metrics, preds = evaluate(model, dataset, batch_size, dev, transform=transform)
     path = Path(out) if out else folder / f"eval-{split}.json"
     write_text(path, json.dumps({"data": spec, "split": split, "metrics": metrics}, indent=2) + "\n")
-    write_predictions(preds, path.with_name(path.stem + "-predictions.json"), task)
+    write_predictions(preds, path.with_name(path.stem + "-predictions.json"), "vqa" if model.task == "vqa"
+                      else "classify")
     return {"metrics": metrics, "path": str(path), "data": spec, "split": split}

@@ -262,6 +262,31 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    import os
+
+    from downstream.ablation import ablate, results_table
+    from downstream.finetune import load_finetune_config
+    from vlm.engine.distributed import DistInfo
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.data, "data.train"), (args.eval_data, "data.eval"), (args.features, "data.features"),
+                      (args.eval_features, "data.eval_features"), (args.init, "init")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    cfg = load_finetune_config(args.config, args.task, args.arch if args.checkpoint is None else None, overrides)
+    if not cfg.data.cache_dir:
+        cfg.data.cache_dir = os.environ.get("VLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlm"))
+    dist = DistInfo.from_env(os.environ)
+    out = args.out or f"runs/ablate-{args.arch or 'lxmert'}-{cfg.task}"
+    result = ablate(cfg, out_dir=out, checkpoint=args.checkpoint, train_baselines=args.train_baselines, dist=dist,
+                    show_progress=not args.no_progress)
+    if dist.is_main:
+        print(results_table(result))
+        print(f"plot: {os.path.join(out, 'ablation.png')}  (results.json, results.csv, results.md beside it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlm",
@@ -335,6 +360,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", default=None, metavar="OUT.png",
                    help="write the image with its boxes shaded by the [CLS] attention of the last layer")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("ablate", help="modality ablation: fused vs text-only vs image-only, with references")
+    p.add_argument("--arch", choices=["lxmert", "vilbert"], default=None)
+    p.add_argument("--task", choices=["vqa", "classify"], default=None)
+    p.add_argument("--checkpoint", default=None, help="a fine-tuned model folder (default: train one first)")
+    p.add_argument("--train-baselines", action="store_true",
+                   help="also train text-only and image-only models with the same config and budget")
+    p.add_argument("--config", default=None, help="fine-tuning preset or YAML (default <arch>-<task>)")
+    p.add_argument("--init", default=None, help="model preset or pretraining checkpoint to fine-tune from")
+    p.add_argument("--data", default=None)
+    p.add_argument("--eval-data", default=None)
+    p.add_argument("--features", default=None)
+    p.add_argument("--eval-features", default=None)
+    p.add_argument("--out", default=None, help="run folder (default runs/ablate-<arch>-<task>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the fine-tuning config")
+    p.set_defaults(func=_cmd_ablate)
 
     p = sub.add_parser("demo", help="forward every preset on real easy-VQA questions and images (CPU, ~1 min)")
     p.add_argument("--num-images", type=int, default=8, help="easy-VQA test images to use (default 8)")

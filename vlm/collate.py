@@ -74,7 +74,7 @@ def join_to_store(image_ids: list[str], store: Any, name: str) -> tuple[np.ndarr
             keep.append(i)
         else:
             report.missing_image += 1
-            if len(report.missing_examples) < 5:
+            if len(report.missing_examples) < 5 and img not in report.missing_examples:
                 report.missing_examples.append(img)
     if not keep:
         raise DataError(f"{name}: none of the {len(image_ids)} texts has its image in the feature store "
