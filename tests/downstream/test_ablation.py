@@ -52,8 +52,10 @@ def test_text_only_predictions_ignore_the_image(easy_batch, arch):
     with torch.no_grad():
         fused = model(sub).logits
         logits = model(text_only(sub)).logits
-    assert not torch.allclose(fused[0], fused[1])  # the images do matter to the fused model
-    assert torch.equal(logits[0], logits[1]) and torch.isfinite(logits).all()
+    assert not torch.allclose(fused[0], fused[1], atol=1e-4)  # the images do matter to the fused model
+    # identical up to float summation order (rows of one batched GEMM may round differently in the last bit)
+    assert torch.allclose(logits[0], logits[1], rtol=0, atol=1e-6) and torch.isfinite(logits).all()
+    assert logits[0].argmax() == logits[1].argmax()
 
 
 @pytest.mark.parametrize("arch", ["lxmert", "vilbert"])
@@ -66,8 +68,9 @@ def test_image_only_predictions_ignore_the_text(easy_batch, arch):
     with torch.no_grad():
         fused = model(sub).logits
         logits = model(image_only(sub)).logits
-    assert not torch.allclose(fused[0], fused[1])
-    assert torch.equal(logits[0], logits[1]) and torch.isfinite(logits).all()
+    assert not torch.allclose(fused[0], fused[1], atol=1e-4)  # the texts do matter to the fused model
+    assert torch.allclose(logits[0], logits[1], rtol=0, atol=1e-6) and torch.isfinite(logits).all()
+    assert logits[0].argmax() == logits[1].argmax()
 
 
 def test_transforms_keep_the_other_modality_intact(easy_batch):
