@@ -24,9 +24,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The main job on built-in data: LXMERT-mini pretraining on easy-VQA (quick profile), then its summary.
+# The whole story on built-in data, quick profile: pretrain LXMERT-mini on easy-VQA, fine-tune it for VQA, then the
+# modality ablation (test-time and trained unimodal baselines) with its table and plot.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/vlm pretrain --arch lxmert --config lxmert-quick --out runs/demo/pretrain
+	HF_HUB_OFFLINE=1 $(BIN)/vlm pretrain --arch lxmert --config lxmert-quick --out runs/demo/pretrain --no-progress
+	HF_HUB_OFFLINE=1 $(BIN)/vlm finetune --task vqa --config lxmert-vqa-quick --out runs/demo/finetune --no-progress
+	HF_HUB_OFFLINE=1 $(BIN)/vlm ablate --task vqa --config lxmert-vqa-quick --checkpoint runs/demo/finetune/model \
+		--train-baselines --out runs/demo/ablate --no-progress
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
