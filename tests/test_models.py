@@ -7,6 +7,7 @@ import torch
 
 import vlm
 from vlm_testing import TINY, make_batch
+from vlm.errors import CheckpointError
 from vlm.models import LxmertEncoder, SingleStreamEncoder
 
 PRESETS = vlm.list_models()
@@ -152,7 +153,7 @@ def test_save_and_load_roundtrip(tmp_path, name, task):
 def test_pretraining_checkpoint_loads_as_vqa(tmp_path):
     pre = tiny("lxmert-mini", task="pretraining")
     pre.save_pretrained(tmp_path / "pre")
-    with pytest.raises(RuntimeError, match="missing:.*answer.fc1.weight"):
+    with pytest.raises(CheckpointError, match="missing:.*answer.fc1.weight"):
         vlm.from_pretrained(tmp_path / "pre", task="vqa", strict=True, num_answers=13)
     vqa = vlm.from_pretrained(tmp_path / "pre", task="vqa", num_answers=13)
     assert vqa.answer.fc2.out_features == 13
@@ -161,7 +162,7 @@ def test_pretraining_checkpoint_loads_as_vqa(tmp_path):
 
 
 def test_from_pretrained_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a vlm checkpoint"):
+    with pytest.raises(CheckpointError, match="not a vlm checkpoint"):
         vlm.from_pretrained(tmp_path)
 
 

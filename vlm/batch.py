@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vlm.errors import DataError
+
 
 @dataclass
 class Batch:
@@ -58,29 +60,76 @@ class Batch:
     def batch_size(self) -> int:
         return self.input_ids.shape[0]
 
-    def check(self, visual_feat_dim: int, visual_pos_dim: int) -> None:
-        """Raise a ValueError naming the field when shapes disagree with each other or with the model."""
+    def check(self, visual_feat_dim: int, visual_pos_dim: int, vocab_size: int | None = None,
+              type_vocab_size: int | None = None) -> None:
+        """Validate the batch against itself and the model; raise a :class:`~vlm.errors.DataError` naming the field.
+
+        Checks types (tensors, integer ids, float features), shapes, id ranges (vocabulary and token-type table),
+        that real regions have finite features and boxes in [0, 1] (boxes in pixels are refused), and that soft
+        answer targets are ``[B, num_answers]`` floats. Cost: a few reductions, negligible next to a forward pass.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or f.name == "region_labels":
+                continue
+            if not isinstance(value, torch.Tensor):
+                hint = " (wrap it with torch.from_numpy)" if type(value).__module__ == "numpy" else ""
+                raise DataError(f"Batch.{f.name}: expected a torch.Tensor, got {type(value).__name__}{hint}")
+        for name in ("input_ids", "attention_mask", "token_type_ids", "region_mask"):
+            if getattr(self, name).is_floating_point():
+                raise DataError(f"Batch.{name}: expected integer ids/flags, got {getattr(self, name).dtype}")
+        for name in ("region_feats", "region_boxes"):
+            if not getattr(self, name).is_floating_point():
+                raise DataError(f"Batch.{name}: expected a float tensor, got {getattr(self, name).dtype}")
         if self.input_ids.dim() != 2:
-            raise ValueError(f"Batch.input_ids: expected [B, T], got shape {tuple(self.input_ids.shape)}")
+            raise DataError(f"Batch.input_ids: expected [B, T], got shape {tuple(self.input_ids.shape)}")
         b, t = self.input_ids.shape
+        if t == 0:
+            raise DataError("Batch.input_ids: zero-length texts (T = 0); every text needs at least [CLS]")
         for name in ("attention_mask", "token_type_ids"):
             shape = tuple(getattr(self, name).shape)
             if shape != (b, t):
-                raise ValueError(f"Batch.{name}: expected shape {(b, t)} like input_ids, got {shape}")
+                raise DataError(f"Batch.{name}: expected shape {(b, t)} like input_ids, got {shape}")
         if self.region_feats.dim() != 3 or self.region_feats.shape[0] != b:
-            raise ValueError(f"Batch.region_feats: expected [B={b}, K, D], got {tuple(self.region_feats.shape)}")
+            raise DataError(f"Batch.region_feats: expected [B={b}, K, D], got {tuple(self.region_feats.shape)}")
         k, d = self.region_feats.shape[1:]
         if d != visual_feat_dim:
-            raise ValueError(
+            raise DataError(
                 f"Batch.region_feats: feature size {d} but the model expects visual_feat_dim={visual_feat_dim} "
                 f"(create the model with visual_feat_dim={d} to match these features)"
             )
         if tuple(self.region_boxes.shape) != (b, k, visual_pos_dim):
-            raise ValueError(
+            raise DataError(
                 f"Batch.region_boxes: expected shape {(b, k, visual_pos_dim)}, got {tuple(self.region_boxes.shape)}"
             )
         if tuple(self.region_mask.shape) != (b, k):
-            raise ValueError(f"Batch.region_mask: expected shape {(b, k)}, got {tuple(self.region_mask.shape)}")
+            raise DataError(f"Batch.region_mask: expected shape {(b, k)}, got {tuple(self.region_mask.shape)}")
+        if vocab_size is not None:
+            lo, hi = int(self.input_ids.min()), int(self.input_ids.max())
+            if lo < 0 or hi >= vocab_size:
+                raise DataError(f"Batch.input_ids: ids must be in [0, {vocab_size}) (the model's vocabulary), got "
+                                f"values from {lo} to {hi}")
+        if type_vocab_size is not None:
+            lo, hi = int(self.token_type_ids.min()), int(self.token_type_ids.max())
+            if lo < 0 or hi >= type_vocab_size:
+                raise DataError(f"Batch.token_type_ids: must be in [0, {type_vocab_size}) (the token-type table), "
+                                f"got values from {lo} to {hi}")
+        if k:
+            real = self.region_mask.bool()
+            if not torch.isfinite(self.region_feats[real]).all():
+                rows = sorted({int(i) for i in real.nonzero()[:, 0][~torch.isfinite(self.region_feats[real]).all(-1)]})
+                raise DataError(f"Batch.region_feats: NaN or Inf in real (unmasked) regions of samples {rows[:10]}")
+            boxes = self.region_boxes[real]
+            if boxes.numel() and (not torch.isfinite(boxes).all() or boxes.min() < -0.01 or boxes.max() > 1.01):
+                raise DataError(f"Batch.region_boxes: boxes must be x1, y1, x2, y2 divided by the image width/height "
+                                f"(in [0, 1]); got values from {float(boxes.min()):g} to {float(boxes.max()):g}"
+                                f"{' (pixels?)' if float(boxes.max()) > 2 else ''}")
+        if self.answer_targets is not None:
+            at = self.answer_targets
+            if at.dim() != 2 or at.shape[0] != b or not at.is_floating_point():
+                raise DataError(f"Batch.answer_targets: expected soft scores [B={b}, num_answers] (float), got "
+                                f"{tuple(at.shape)} {at.dtype}; for class indices use one_hot(..).float() or the "
+                                "classification task's labels")
 
 
 @dataclass

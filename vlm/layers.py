@@ -67,8 +67,16 @@ class RegionEncoder(nn.Module):
         self.box_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, feats: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` ``[B, K]``: non-finite values in padding regions are zeroed first. Finite padding already has no
+        effect on real outputs (masked keys get zero attention weight), but NaN × 0 is NaN; padding rows keep their
+        values otherwise, so padded region outputs match transformers' LXMERT exactly."""
         dtype = self.feat_proj.weight.dtype
+        if mask is not None:
+            pad = ~mask.bool()[..., None]
+            zero = torch.zeros((), dtype=feats.dtype, device=feats.device)
+            feats = torch.where(pad & ~torch.isfinite(feats), zero, feats)
+            boxes = torch.where(pad & ~torch.isfinite(boxes), zero.to(boxes.dtype), boxes)
         x = self.feat_norm(self.feat_proj(feats.to(dtype)))
         y = self.box_norm(self.box_proj(boxes.to(dtype)))
         return self.drop((x + y) * 0.5)

@@ -45,13 +45,14 @@ class LxmertEncoder(nn.Module):
         return x
 
     def forward(self, batch: Batch) -> EncoderOutput:
-        batch.check(self.config.visual_feat_dim, self.config.visual_pos_dim)
+        cfg = self.config
+        batch.check(cfg.visual_feat_dim, cfg.visual_pos_dim, cfg.vocab_size, cfg.type_vocab_size)
         text = self.embeddings(batch.input_ids, batch.token_type_ids)  # (B, T, H)
         text_bias = key_padding_bias(batch.attention_mask, text.dtype)  # (B, 1, 1, T)
         for layer in self.text_layers:
             text = layer(text, text_bias)
 
-        region = self.region_encoder(batch.region_feats, batch.region_boxes)  # (B, K, H)
+        region = self.region_encoder(batch.region_feats, batch.region_boxes, batch.region_mask)  # (B, K, H)
         region_bias = key_padding_bias(batch.region_mask, region.dtype)  # (B, 1, 1, K)
         for layer in self.region_layers:
             region = layer(region, region_bias)

@@ -34,10 +34,10 @@ class SingleStreamEncoder(nn.Module):
     def word_embeddings(self) -> nn.Embedding:
         return self.embeddings.word
 
-    def _region_side(self, feats: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def _region_side(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[IMG] v1..vK [SEP]`` embedded: ``[B, K+2, H]``."""
         emb = self.embeddings
-        regions = self.region_encoder(feats, boxes)  # (B, K, H)
+        regions = self.region_encoder(feats, boxes, mask)  # (B, K, H)
         b, _, h = regions.shape
         img = self.img_token.to(regions.dtype).expand(b, 1, h)
         sep = emb.word.weight[self.config.sep_token_id].to(regions.dtype).expand(b, 1, h)
@@ -45,10 +45,11 @@ class SingleStreamEncoder(nn.Module):
         return emb.drop(self.region_norm(x))
 
     def forward(self, batch: Batch) -> EncoderOutput:
-        batch.check(self.config.visual_feat_dim, self.config.visual_pos_dim)
+        cfg = self.config
+        batch.check(cfg.visual_feat_dim, cfg.visual_pos_dim, cfg.vocab_size, cfg.type_vocab_size)
         k = batch.region_feats.shape[1]
         text = self.embeddings(batch.input_ids, batch.token_type_ids)  # (B, T, H)
-        region = self._region_side(batch.region_feats, batch.region_boxes)  # (B, K+2, H)
+        region = self._region_side(batch.region_feats, batch.region_boxes, batch.region_mask)  # (B, K+2, H)
         x = torch.cat([text[:, :1], region, text[:, 1:]], dim=1)  # [CLS] [IMG] v.. [SEP] w.. [SEP]
 
         rmask = batch.region_mask.to(batch.attention_mask.dtype)

@@ -19,6 +19,7 @@ from torch import nn
 
 from vlm.batch import Batch, EncoderOutput
 from vlm.config import ConfigError, ModelConfig, apply_dict
+from vlm.errors import CheckpointError, DataError
 from vlm.heads import AnswerHead, ClassifierHead, MaskedLMHead, MatchingHead, RegionHeads
 from vlm.io import atomic_write, write_text
 from vlm.layers import init_weights
@@ -159,7 +160,10 @@ class VLMForQuestionAnswering(VLMModel):
         logits = self.answer(pooled)
         loss = None
         if batch.answer_targets is not None:
-            targets = batch.answer_targets.to(logits.dtype)
+            targets = batch.answer_targets.to(logits.dtype)  # [B, num_answers] soft scores (checked by Batch.check)
+            if targets.shape != logits.shape:
+                raise DataError(f"Batch.answer_targets: shape {tuple(targets.shape)} but the model has "
+                                f"{logits.shape[1]} answers")
             loss = F.binary_cross_entropy_with_logits(logits, targets) * logits.shape[1]
         return QuestionAnsweringOutput(logits=logits, pooled=pooled, loss=loss)
 
@@ -210,12 +214,14 @@ def from_pretrained(directory: str | Path, task: str | None = None, strict: bool
     directory = Path(directory)
     cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not cfg_path.exists() or not w_path.exists():
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"{directory}: not a vlm checkpoint (expected {CONFIG_NAME} and {WEIGHTS_NAME}; "
             "save one with model.save_pretrained(dir))"
         )
     try:
         meta = json.loads(cfg_path.read_text())
+        if not isinstance(meta, dict):
+            raise KeyError("top level is not an object")
         saved_task, model_dict = meta["task"], meta["model"]
     except (json.JSONDecodeError, KeyError) as e:
         raise ConfigError(f"{cfg_path}: not a vlm config (expected keys 'task' and 'model'): {e}") from None
@@ -226,9 +232,13 @@ def from_pretrained(directory: str | Path, task: str | None = None, strict: bool
     task = task or saved_task
     strict = (task == saved_task) if strict is None else strict
     model = model_class(task)(cfg)
-    missing, unexpected = load_model(model, str(w_path), strict=False)
+    try:
+        missing, unexpected = load_model(model, str(w_path), strict=False)
+    except Exception as e:  # truncated or foreign file, or tensors of the wrong shape
+        raise CheckpointError(f"{w_path}: cannot load the weights into a {task!r} model: "
+                              f"{str(e).splitlines()[0][:300]}") from None
     if strict and (missing or unexpected):
-        raise RuntimeError(
+        raise CheckpointError(
             f"{w_path}: weights do not match a {task!r} model; missing: {sorted(missing)}; "
             f"unexpected: {sorted(unexpected)}"
         )
