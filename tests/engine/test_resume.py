@@ -34,7 +34,7 @@ def _pretrain(cfg: str, out: Path, *extra: str) -> subprocess.Popen:
 def test_sigkill_then_resume_is_bit_identical(tmp_path, easy_vqa_stores):
     # 6 batches per epoch, 10 steps: the run crosses an epoch boundary; dropout on, so RNG state matters.
     cfg = write_pretrain_config(tmp_path / "cfg.yaml", easy_vqa_stores, train_limit=48,
-                                train={"max_steps": 10, "save_every": 2},
+                                train={"max_steps": 10, "save_every": 2, "keep_last": 0},
                                 model={"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1})
     ref = _pretrain(cfg, tmp_path / "ref")
     out, _ = ref.communicate(timeout=600)
@@ -61,6 +61,18 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, easy_vqa_stores):
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"killed after {killed_at}: tensors differ: {different[:5]}"
     vlm.from_pretrained(run / "model")  # the final checkpoint loads
+
+    # and deterministically from the checkpoint at the epoch boundary (step 6 = 6 batches: saved before the
+    # end-of-epoch evaluation, which the resumed run does not repeat)
+    import shutil
+
+    again = tmp_path / "from-6"
+    shutil.copytree(tmp_path / "ref" / "checkpoints" / "step-00000006", again / "checkpoints" / "step-00000006")
+    proc = _pretrain(cfg, again, "--resume")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    c = load_file(str(again / "model" / "model.safetensors"))
+    assert not [k for k in a if not torch.equal(a[k], c[k])]
 
 
 WRITER = textwrap.dedent("""

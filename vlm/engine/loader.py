@@ -61,12 +61,18 @@ def _identity(x):
     return x
 
 
+def _own_generator() -> torch.Generator:
+    """Each DataLoader iterator draws a base seed from its generator; with none it draws from the global RNG, which
+    would make the global RNG (dropout) depend on how many loaders a run created, and break exact resume."""
+    return torch.Generator().manual_seed(0)
+
+
 def epoch_loader(source: BatchSource, plan: EpochPlan, epoch: int, start: int = 0,
                  num_workers: int = 0) -> torch.utils.data.DataLoader:
     """Batches ``start, start+1, …`` of ``epoch`` (workers prefetch whole batches, in order)."""
     ds = _PlannedBatches(source, plan, epoch)
     return torch.utils.data.DataLoader(ds, batch_size=None, sampler=range(start, len(ds)), num_workers=num_workers,
-                                       collate_fn=_identity, persistent_workers=False,
+                                       collate_fn=_identity, persistent_workers=False, generator=_own_generator(),
                                        prefetch_factor=2 if num_workers else None)
 
 
@@ -87,4 +93,4 @@ def eval_batches(source: BatchSource, batch_size: int, *, world_size: int = 1, r
                  num_workers: int = 0) -> torch.utils.data.DataLoader:
     """Every example once, in order; rank ``r`` takes batches ``r, r + W, …`` (epoch 0's fixed randomness)."""
     return torch.utils.data.DataLoader(_EvalBatches(source, batch_size, world_size, rank), batch_size=None,
-                                       num_workers=num_workers, collate_fn=_identity)
+                                       num_workers=num_workers, collate_fn=_identity, generator=_own_generator())
