@@ -7,7 +7,10 @@ image — and stores them as webdataset shards with a manifest (see ``docs/featu
   ``grid``, ``detector`` or ``detectron2`` backend (:mod:`features.backends`);
 * :class:`features.store.FeatureStore` (random access by image id) and :func:`features.store.stream` (webdataset
   pipeline): the readers used by pretraining and fine-tuning;
-* :func:`features.tsv.import_tsv` / ``vlm features import-tsv``: bottom-up-attention TSV files to shards.
+* :func:`features.tsv.import_tsv` / ``vlm features import-tsv``: bottom-up-attention TSV files to shards;
+* :func:`features.builtin_extraction` (the easy-VQA pipeline's ``(backend, options)``),
+  :data:`features.DEFAULT_BUILTIN_BACKEND`, :data:`features.GRID_DEFAULTS`, :func:`features.default_extraction`: the
+  measured default settings (:mod:`features.defaults`).
 
 It imports nothing from ``vlm``. Heavy modules load on first use, so ``import features`` stays cheap.
 """
@@ -17,7 +20,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["FeatureStore", "FeaturesError", "create_extractor", "extract", "import_tsv", "list_backends", "stream"]
+__all__ = ["DEFAULT_BACKEND", "DEFAULT_BUILTIN_BACKEND", "EASY_VQA_GRID", "GRID_DEFAULTS", "FeatureStore",
+           "FeaturesError", "builtin_extraction", "create_extractor", "default_extraction", "extract", "import_tsv",
+           "list_backends", "stream"]
 
 _EXPORTS = {
     "FeatureStore": "features.store",
@@ -27,6 +32,12 @@ _EXPORTS = {
     "list_backends": "features.backends",
     "import_tsv": "features.tsv",
     "FeaturesError": "features.errors",
+    "DEFAULT_BACKEND": "features.defaults",
+    "DEFAULT_BUILTIN_BACKEND": "features.defaults",
+    "GRID_DEFAULTS": "features.defaults",
+    "EASY_VQA_GRID": "features.defaults",
+    "builtin_extraction": "features.defaults",
+    "default_extraction": "features.defaults",
 }
 
 

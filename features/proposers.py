@@ -20,8 +20,10 @@ from typing import Any
 
 import torch
 
-from features.backbones import _missing_weights_message, file_sha256, load_state_dict_file
 from features.errors import BackendUnavailableError, WeightsError
+from features.io import load_state_dict_file, torch_hub_cache_file
+from features.weights import (NO_WEIGHT_BACKENDS, init_random, isolated_rng, load_verified, missing_weights_message,
+                              weights_record)
 
 __all__ = ["Proposals", "TorchvisionDetector", "Detectron2Detector", "DETECTRON2_INSTALL", "pad_proposals"]
 
@@ -103,27 +105,26 @@ class TorchvisionDetector:
         if name not in known:
             raise WeightsError(f"detector {name!r} unknown: expected one of {', '.join(known)}")
         default = torchvision.models.get_model_weights(name).DEFAULT
-        cache_file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(default.url)
+        cache_file = torch_hub_cache_file(default.url)
         file = weights if weights is not None else (cache_file if cache_file.is_file() else None)
         if file is None and not random_weights:
-            raise WeightsError(_missing_weights_message(f"detector {name}", str(cache_file)))
+            raise WeightsError(missing_weights_message(f"detector {name}", str(cache_file)))
         kwargs: dict[str, Any] = {"box_detections_per_img": num_boxes, "box_score_thresh": score_thresh,
                                   "box_nms_thresh": nms_thresh}
         if min_size is not None:
             kwargs["min_size"] = min_size
-        torch.manual_seed(seed)
-        model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=91, **kwargs)
-        if file is not None:
-            try:
-                model.load_state_dict(load_state_dict_file(file), strict=True)
-            except RuntimeError as exc:
-                raise WeightsError(f"weights file {file} does not fit detector {name}: {exc}") from exc
+        with isolated_rng():  # torchvision initialises from the global RNG; the weights below replace every value
+            model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=91, **kwargs)
+        if file is None:
+            init_random(model, seed)
+            self.weights_info = weights_record("random", seed=seed)
+        else:
+            load_verified(model, load_state_dict_file(file), what=f"detector {name}", file=file)
+            self.weights_info = weights_record("file" if weights is not None else "cache", file)
         self.model = model.eval().to(device)
         self.name = name
         self.num_boxes = num_boxes
         self.categories: list[str] = list(default.meta["categories"])
-        self.weights_info = ({"source": "file" if weights is not None else "cache", "path": str(file),
-                              "sha256": file_sha256(file)} if file is not None else {"source": "random", "seed": seed})
         self.settings = {"detector": name, "num_boxes": num_boxes, "score_thresh": score_thresh,
                          "nms_thresh": nms_thresh, "min_size": min_size}
 
@@ -163,7 +164,7 @@ class Detectron2Detector:
         if weights is None or not Path(weights).is_file():
             raise WeightsError(
                 f"backend 'detectron2' needs --d2-weights PATH (a local detectron2 checkpoint); got {weights}. "
-                "Backends that need no weights: patches."
+                f"Backends that need no weights: {', '.join(NO_WEIGHT_BACKENDS)}."
             )
         cfg = get_cfg()
         if not Path(config_file).is_file():
@@ -180,7 +181,7 @@ class Detectron2Detector:
         self.input_format = cfg.INPUT.FORMAT
         self.num_boxes = num_boxes
         self.categories: list[str] | None = None
-        self.weights_info = {"source": "file", "path": str(weights), "sha256": file_sha256(weights)}
+        self.weights_info = weights_record("file", weights)
         self.settings = {"d2_config": str(config_file), "num_boxes": num_boxes, "score_thresh": score_thresh,
                          "nms_thresh": nms_thresh}
 

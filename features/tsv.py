@@ -24,7 +24,6 @@ import base64
 import binascii
 import logging
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,11 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm.auto import tqdm
 
-from features.errors import FeaturesError, StoreError, TSVFormatError
-from features.store import FORMAT, FORMAT_VERSION, MANIFEST, ShardWriter, finalize_store, store_lock
+from features.errors import FeaturesError, TSVFormatError
+from features.io import prepare_output_dir
+from features.store.format import MANIFEST, is_store_file
+from features.store.manifest import finalize_store, make_plan, store_lock
+from features.store.writer import ShardWriter
 
 __all__ = ["LXMERT_FIELDS", "BUTD_FIELDS", "TSVRow", "encode_tsv_row", "import_tsv", "read_tsv", "write_tsv"]
 
@@ -250,18 +252,6 @@ def write_tsv(path: str | os.PathLike[str], rows: list[TSVRow]) -> None:
                                         row.labels or None) + "\n")
 
 
-def _prepare_out(directory: Path, overwrite: bool) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    existing = [p for p in directory.iterdir() if p.name != ".lock"]
-    if existing and not overwrite:
-        names = ", ".join(sorted(p.name for p in existing)[:5])
-        raise StoreError(f"output folder {directory} is not empty (found {names}); choose a new folder or pass "
-                         "--overwrite")
-    for p in existing:
-        if p.name == MANIFEST or p.name.startswith(("shard-", "index-")):
-            p.unlink()
-
-
 def _open_text(path: Path) -> TextIO:
     if not path.is_file():
         raise FeaturesError(f"TSV file {path} not found")
@@ -292,7 +282,11 @@ def import_tsv(tsv_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         raise FeaturesError(f"shard_size must be at least 1, got {shard_size}")
     tsv_path, directory = Path(tsv_path), Path(out_dir)
     handle = _open_text(tsv_path)
-    _prepare_out(directory, overwrite)
+    try:
+        prepare_output_dir(directory, overwrite=overwrite, owned=is_store_file)
+    except BaseException:
+        handle.close()
+        raise
     parser = _RowParser(str(tsv_path))
     seen: dict[str, int] = {}
     region_counts: set[int] = set()
@@ -342,25 +336,16 @@ def import_tsv(tsv_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     if not seen:
         raise TSVFormatError(f"{tsv_path}: no valid rows (expected bottom-up-attention rows with "
                              f"{len(LXMERT_FIELDS)} or {len(BUTD_FIELDS)} tab-separated fields)")
-    plan = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "backend": "butd-tsv",
-        "settings": {"layout": "lxmert-10-field" if parser.fields is LXMERT_FIELDS else "butd-6-field",
-                     "features_stored_as": "float16"},
-        "weights": {},
-        "random_weights": False,
-        "feature_dim": parser.feature_dim,
-        "num_regions": next(iter(region_counts)) if len(region_counts) == 1 else None,
-        "max_regions": max(region_counts),
-        "feats_dtype": "float16",
-        "boxes_format": "x1,y1,x2,y2 divided by image width,height, clipped to [0,1] (float32)",
-        "label_names": None,
-        "source": {"kind": "butd-tsv", "path": str(tsv_path.resolve()), "num_images": len(seen)},
-        "shard_size": shard_size,
-        "num_shards": num_shards,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    plan = make_plan(
+        backend="butd-tsv",
+        settings={"layout": "lxmert-10-field" if parser.fields is LXMERT_FIELDS else "butd-6-field",
+                  "features_stored_as": "float16"},
+        weights={}, random_weights=False, feature_dim=parser.feature_dim,
+        num_regions=next(iter(region_counts)) if len(region_counts) == 1 else None, max_regions=max(region_counts),
+        boxes_format="x1,y1,x2,y2 divided by image width,height, clipped to [0,1] (float32)",
+        source={"kind": "butd-tsv", "path": str(tsv_path.resolve()), "num_images": len(seen)},
+        shard_size=shard_size, num_images=len(seen), num_shards=num_shards,
+    )
     with store_lock(directory):
         manifest = finalize_store(directory, plan)
     if manifest["num_failed"]:

@@ -42,7 +42,7 @@ class DataConfig:
     features: str = ""  # feature store of the training images ("" with easy-vqa: built-in, extracted on first use)
     eval_features: str = ""  # feature store of the held-out images ("": same as features, or built-in)
     cache_dir: str = ""  # where built-in features are extracted ("": ~/.cache/vlm, set by the CLI)
-    backend: str = "auto"  # extraction backend of built-in features ("auto": features.builtin_settings())
+    backend: str = "auto"  # extraction backend of built-in features ("auto": features.builtin_extraction())
     max_text_len: int = 40  # tokens per text, [CLS]/[SEP] included
     answer_min_count: int = 1  # answers seen fewer times in training are left out of the QA table
     train_limit: int = 0  # use only the first N training texts (0: all)
@@ -159,9 +159,8 @@ def _builtin_settings(backend: str) -> tuple[str, dict[str, Any]]:
     import features
 
     if backend == "auto":
-        settings = getattr(features, "builtin_settings", None)
-        return settings() if settings else ("patches", {})
-    return backend, {}
+        return features.builtin_extraction()
+    return backend, {}  # that backend with its own defaults
 
 
 def _complete(store: Path) -> bool:

@@ -1,0 +1,93 @@
+"""The random-access index: image id -> (shard, byte offset, length), memory-mapped by every reader process.
+
+``index-hash.npy`` holds the sorted first 64-bit hash of every id; ``index-entries.npy`` the second hash, shard number,
+sample length and offset in the same order (:data:`~features.store.format.INDEX_DTYPE`). A lookup is a binary search
+over the first hash, confirmed by the second (128 bits in all), so a process holds no per-image Python objects — only
+the OS page cache of two arrays, shared by all DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from features.errors import StoreError
+from features.io import atomic_write_bytes
+from features.store.format import INDEX_DTYPE, INDEX_ENTRIES, INDEX_HASH, id_hash
+
+__all__ = ["StoreIndex", "build_index"]
+
+
+def build_index(directory: str | os.PathLike[str], records: Sequence[dict[str, Any]]) -> None:
+    """Write the memory-mapped random-access index from the sidecars of all shards.
+
+    Raises:
+        StoreError: If an image id occurs twice.
+    """
+    directory = Path(directory)
+    total = sum(r["num_samples"] for r in records)
+    hash1 = np.empty(total, dtype="<u8")
+    entries = np.empty(total, dtype=INDEX_DTYPE)
+    ids: list[str] = []
+    row = 0
+    for record in records:
+        n = record["num_samples"]
+        hashes = np.array([id_hash(i) for i in record["ids"]], dtype="<u8").reshape(n, 2)
+        hash1[row:row + n] = hashes[:, 0]
+        entries["hash2"][row:row + n] = hashes[:, 1]
+        entries["shard"][row:row + n] = record["index"]
+        entries["size"][row:row + n] = record["sizes"]
+        entries["offset"][row:row + n] = record["offsets"]
+        ids.extend(record["ids"])
+        row += n
+    order = np.lexsort((entries["hash2"], hash1))
+    hash1, entries = hash1[order], entries[order]
+    same = (hash1[1:] == hash1[:-1]) & (entries["hash2"][1:] == entries["hash2"][:-1])
+    if same.any():
+        first = int(order[int(np.flatnonzero(same)[0])])
+        raise StoreError(f"image id {ids[first]!r} occurs more than once in {directory}; image ids must be unique")
+    for name, array in ((INDEX_HASH, hash1), (INDEX_ENTRIES, entries)):
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        atomic_write_bytes(directory / name, buffer.getvalue())
+
+
+class StoreIndex:
+    """The memory-mapped index of a complete store.
+
+    Args:
+        directory: The store directory.
+        num_samples: Samples the manifest records (the index must hold as many).
+
+    Raises:
+        StoreError: If the index files are unreadable or disagree with the manifest.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], num_samples: int) -> None:
+        directory = Path(directory)
+        try:
+            mode = "r" if num_samples else None  # an empty array cannot be memory-mapped
+            self.hash1 = np.load(directory / INDEX_HASH, mmap_mode=mode)
+            self.entries = np.load(directory / INDEX_ENTRIES, mmap_mode=mode)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"feature store {directory}: index files unreadable ({exc}); run "
+                             f"`vlm features inspect {directory} --reindex`") from exc
+        if len(self.hash1) != num_samples or len(self.entries) != num_samples:
+            raise StoreError(f"feature store {directory}: index has {len(self.hash1)} entries but the manifest "
+                             f"records {num_samples} samples; run `vlm features inspect {directory} --reindex`")
+
+    def find(self, image_id: str) -> np.void | None:
+        """The index entry of ``image_id`` (``hash2``, ``shard``, ``size``, ``offset``), or ``None``."""
+        h1, h2 = id_hash(image_id)
+        lo = int(np.searchsorted(self.hash1, np.uint64(h1), side="left"))
+        while lo < len(self.hash1) and int(self.hash1[lo]) == h1:
+            entry = self.entries[lo]
+            if int(entry["hash2"]) == h2:
+                return entry
+            lo += 1
+        return None

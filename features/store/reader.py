@@ -1,0 +1,132 @@
+"""Random access to a finished store by image id: :class:`FeatureStore`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tarfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from features.errors import ShardError
+from features.store.format import decode_sample, parse_members
+from features.store.index import StoreIndex
+from features.store.manifest import load_manifest
+from features.store.verify import check_shard_size
+
+__all__ = ["FeatureStore"]
+
+
+class FeatureStore(Mapping[str, dict[str, Any]]):
+    """Random access to a finished store by image id.
+
+    ``store[image_id]`` returns ``{"image_id", "feats": float16 [K, D], "boxes": float32 [K, 4], "meta": dict}``.
+    Iterating yields image ids in shard order. A lookup searches the memory-mapped index and reads the sample with a
+    single ``pread``. Safe to use from DataLoader workers (files are reopened per process; picklable for ``spawn``).
+
+    Args:
+        directory: The store directory.
+        max_open_files: Shard files kept open per process.
+
+    Raises:
+        StoreError: If the store is missing or unfinished.
+        ShardError: If a shard is missing or has a different size than the manifest records (truncated).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, max_open_files: int = 64) -> None:
+        self.directory = Path(directory)
+        self.manifest = load_manifest(self.directory)
+        self._shards = [self.directory / s["name"] for s in self.manifest["shards"]]
+        # shard number (from "shard-NNNNNN.tar") -> position in the manifest's list
+        self._shard_numbers = {int(s["name"][6:12]): pos for pos, s in enumerate(self.manifest["shards"])}
+        for path, info in zip(self._shards, self.manifest["shards"]):
+            check_shard_size(path, info["bytes"])
+        self._index = StoreIndex(self.directory, int(self.manifest["num_samples"]))
+        self.max_open_files = max_open_files
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    @property
+    def feature_dim(self) -> int:
+        """Feature size D."""
+        return int(self.manifest["feature_dim"])
+
+    @property
+    def num_regions(self) -> int | None:
+        """Regions per image K, or ``None`` when it varies (imported TSVs with adaptive box counts)."""
+        k = self.manifest.get("num_regions")
+        return None if k is None else int(k)
+
+    def __len__(self) -> int:
+        return int(self.manifest["num_samples"])
+
+    def __contains__(self, image_id: object) -> bool:
+        return isinstance(image_id, str) and self._index.find(image_id) is not None
+
+    def _fd(self, shard: int) -> int:
+        if os.getpid() != self._pid:  # forked into a DataLoader worker: descriptors are the parent's
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(shard)
+        if fd is None:
+            if len(self._fds) >= self.max_open_files:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            fd = os.open(self._shards[self._shard_numbers[shard]], os.O_RDONLY)
+            self._fds[shard] = fd
+        return fd
+
+    def __getitem__(self, image_id: str) -> dict[str, Any]:
+        entry = self._index.find(image_id) if isinstance(image_id, str) else None
+        if entry is None:
+            raise KeyError(image_id)
+        shard, offset, size = int(entry["shard"]), int(entry["offset"]), int(entry["size"])
+        path = self._shards[self._shard_numbers[shard]]
+        data = os.pread(self._fd(shard), size, offset)
+        if len(data) != size:
+            raise ShardError(f"shard {path} is truncated: sample {image_id!r} needs bytes {offset}..{offset + size} "
+                             f"but the file has {path.stat().st_size} bytes")
+        try:
+            members = parse_members(data)
+        except (ValueError, tarfile.TarError) as exc:
+            raise ShardError(f"shard {path} is corrupt at byte {offset} (sample {image_id!r}): {exc}") from exc
+        sample = decode_sample(members, f"shard {path}, sample {image_id!r}")
+        if sample["image_id"] != image_id:
+            raise ShardError(f"shard {path}: index points to {sample['image_id']!r} for {image_id!r}; the index is "
+                             f"stale, run `vlm features inspect {self.directory} --reindex`")
+        return sample
+
+    def ids(self) -> Iterator[str]:
+        """Yield all image ids in shard order (reads one shard sidecar at a time)."""
+        for info in self.manifest["shards"]:
+            record = json.loads((self.directory / info["name"].replace(".tar", ".json")).read_text(encoding="utf-8"))
+            yield from record["ids"]
+
+    def __iter__(self) -> Iterator[str]:
+        return self.ids()
+
+    def shard_paths(self) -> list[str]:
+        """Paths of the shards, for :func:`~features.store.stream` or other webdataset tools."""
+        return [str(p) for p in self._shards]
+
+    def close(self) -> None:
+        """Close the open shard files of this process."""
+        if os.getpid() == self._pid:
+            for fd in self._fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fds = {}
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for spawn-started DataLoader workers
+        state = self.__dict__.copy()
+        state["_fds"] = {}
+        return state
+
+    def __repr__(self) -> str:
+        return (f"FeatureStore({str(self.directory)!r}, images={len(self)}, K={self.num_regions}, "
+                f"D={self.feature_dim}, backend={self.manifest.get('backend')!r})")
+
