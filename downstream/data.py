@@ -16,6 +16,7 @@ import torch
 from vlm.batch import Batch
 from vlm.collate import TokenTable, join_to_store, pad_regions, regions_of
 from vlm.errors import DataError
+from vlm.io import read_json
 from downstream.classification import ClassificationExample, ClassList, read_hateful_memes, read_jsonl
 from downstream.vqa import AnswerVocab, VQAExample, answer_targets, read_easy_vqa, read_lxmert_json, read_vqa_v2
 
@@ -36,14 +37,7 @@ def read_vqa(spec: str, split: str) -> list[VQAExample]:
     if path.suffix != ".json":
         raise DataError(f"{spec}: VQA data must be easy-vqa, QUESTIONS.json,ANNOTATIONS.json (VQA v2) or an "
                         "LXMERT .json list")
-    import json
-
-    try:
-        head = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not a JSON file ({e})") from None
+    head = read_json(path)
     return read_vqa_v2(path) if isinstance(head, dict) else read_lxmert_json(path)
 
 

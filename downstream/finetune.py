@@ -21,7 +21,7 @@ import torch
 import yaml
 
 import vlm
-from vlm.config import ConfigError, ModelConfig, TrainConfig, apply_dict, load_yaml, model_config, parse_override
+from vlm.config import ConfigError, ModelConfig, TrainConfig, apply_dict, load_yaml, model_config, override_dict
 from vlm.engine import distributed as D
 from vlm.engine.trainer import Trainer
 from vlm.errors import DataError
@@ -82,13 +82,12 @@ def load_finetune_config(config: str | None = None, task: str | None = None, arc
             raise ConfigError(f"unknown fine-tuning config {name!r}: not a YAML file and not a preset "
                               f"({', '.join(known)})")
     cfg = FinetuneConfig()
-    _apply(cfg, load_yaml(path))
+    try:
+        _apply(cfg, load_yaml(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     for o in overrides or []:
-        key, value = parse_override(o)
-        nested: Any = value
-        for part in reversed(key.split(".")):
-            nested = {part: nested}
-        _apply(cfg, nested)
+        _apply(cfg, override_dict(o))
     if task and cfg.task != task:
         raise ConfigError(f"--task {task}: the config {path} is for task {cfg.task!r}")
     if cfg.task not in TASKS:

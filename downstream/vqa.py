@@ -34,7 +34,7 @@ import numpy as np
 
 from downstream.references import ARTICLES, CONTRACTIONS, NUMBER_WORDS, PUNCTUATION
 from vlm.errors import DataError
-from vlm.io import write_text
+from vlm.io import read_json, write_text
 
 __all__ = [
     "EASY_VQA_COLOURS",
@@ -469,16 +469,7 @@ def answer_targets(example: VQAExample, vocab: AnswerVocab, rule: str = "lxmert"
 
 
 def _load_json(path: PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    return read_json(path)
 
 
 def _field(row: Any, key: str, where: str, kind: type | tuple[type, ...] = object) -> Any:

@@ -32,6 +32,7 @@ import torch
 from vlm.batch import Batch
 from vlm.collate import TokenTable, join_to_store, regions_of
 from vlm.errors import DataError
+from vlm.io import read_json
 from pretraining.masking import IGNORE, MaskingConfig, mask_regions, mask_tokens
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,7 @@ class TextExample:
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not a JSON file ({e})") from None
+    return read_json(path)
 
 
 def _text(value: Any, where: str, field_name: str) -> str:

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 import vlm
-from vlm.config import ConfigError, ModelConfig, TrainConfig, apply_dict, load_yaml, model_config, parse_override
+from vlm.config import ConfigError, ModelConfig, TrainConfig, apply_dict, load_yaml, model_config, override_dict
 from vlm.engine import distributed as D
 from vlm.engine.loader import eval_batches
 from vlm.engine.trainer import Trainer
@@ -98,14 +98,10 @@ def load_pretrain_config(config: str | None = None, arch: str | None = None,
     data = load_yaml(path)
     try:
         _apply(cfg, data)
-        for o in overrides or []:
-            key, value = parse_override(o)
-            nested: Any = value
-            for part in reversed(key.split(".")):
-                nested = {part: nested}
-            _apply(cfg, nested)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") if not overrides else e
+        raise ConfigError(f"{path}: {e}") from None
+    for o in overrides or []:
+        _apply(cfg, override_dict(o))
     mc = cfg.model_config()  # validates the model section
     if arch and mc.arch != arch:
         raise ConfigError(f"--arch {arch}: the config {path} builds a {mc.arch!r} model (preset {cfg.preset!r})")

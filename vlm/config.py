@@ -239,6 +239,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def override_dict(text: str) -> dict[str, Any]:
+    """``"a.b=3"`` as the nested mapping ``{"a": {"b": 3}}`` (the value parsed as YAML)."""
+    key, value = parse_override(text)
+    nested: Any = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    return nested
+
+
 def apply_overrides(obj: Any, overrides: list[str] | dict[str, Any]) -> Any:
     """Apply dotted overrides (``["model.x_layers=3"]`` or ``{"model.x_layers": 3}``) to dataclass ``obj``."""
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)

