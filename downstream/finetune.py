@@ -27,7 +27,6 @@ from vlm.engine.trainer import Trainer
 from vlm.errors import DataError
 from vlm.io import write_text
 from vlm.models.tasks import model_class
-from downstream.classification import ClassList
 from downstream.data import BUILTIN, ClassifyData, VQAData, read_classification, read_vqa
 from downstream.evaluate import evaluate
 from downstream.modality import TransformedSource, transform_for
@@ -189,11 +188,12 @@ class FinetuneRun:
         tok = vlm.load_tokenizer()
         self.train_store = FeatureStore(_store_for("train", spec, d.features, builtin, d, dist))
         eval_store = None
-        if eval_spec:
-            eval_dir = d.eval_features or (None if (d.features or not builtin) else "builtin")
-            eval_store = (FeatureStore(eval_dir) if eval_dir not in (None, "builtin") else
-                          FeatureStore(_store_for("test", eval_spec, "", True, d, dist)) if eval_dir == "builtin"
-                          else self.train_store)
+        if eval_spec and d.eval_features:
+            eval_store = FeatureStore(d.eval_features)
+        elif eval_spec and builtin and not d.features:  # built-in data: its test split's built-in features
+            eval_store = FeatureStore(_store_for("test", eval_spec, "", True, d, dist))
+        elif eval_spec:
+            eval_store = self.train_store
         overrides = dict(cfg.model, visual_feat_dim=self.train_store.feature_dim)
         if cfg.task == "vqa":
             train_ex = read_vqa(spec, "train")

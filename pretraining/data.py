@@ -33,7 +33,7 @@ from vlm.batch import Batch
 from vlm.collate import TokenTable, join_to_store, regions_of
 from vlm.errors import DataError
 from vlm.io import read_json
-from pretraining.masking import IGNORE, MaskingConfig, mask_regions, mask_tokens
+from pretraining.masking import MaskingConfig, mask_regions, mask_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +62,15 @@ def _text(value: Any, where: str, field_name: str) -> str:
     return value
 
 
-def read_easy_vqa(split: str) -> list[TextExample]:
-    import easy_vqa
+def _from_vqa(examples: list[Any]) -> list[TextExample]:
+    return [TextExample(e.image_id, e.question, list(e.answers) or None) for e in examples]
 
-    if split not in ("train", "test"):
-        raise DataError(f"easy-vqa has splits 'train' and 'test', not {split!r}")
-    qs, answers, image_ids = (easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions())
-    return [TextExample(str(i), q, [a]) for q, a, i in zip(qs, answers, image_ids)]
+
+def read_easy_vqa(split: str) -> list[TextExample]:
+    """easy-VQA's questions with their answers (read by :func:`downstream.vqa.read_easy_vqa`)."""
+    from downstream.vqa import read_easy_vqa as read
+
+    return _from_vqa(read(split))
 
 
 def read_jsonl(path: str | Path) -> list[TextExample]:
@@ -112,30 +114,10 @@ def read_coco_captions(path: str | Path) -> list[TextExample]:
 
 
 def read_vqa_v2(questions: str | Path, annotations: str | Path | None) -> list[TextExample]:
-    qpath = Path(questions)
-    qdata = _load_json(qpath)
-    if not isinstance(qdata, dict) or not isinstance(qdata.get("questions"), list):
-        raise DataError(f"{qpath}: expected the VQA v2 questions json with a 'questions' list")
-    answers: dict[Any, list[str]] = {}
-    if annotations is not None:
-        apath = Path(annotations)
-        adata = _load_json(apath)
-        if not isinstance(adata, dict) or not isinstance(adata.get("annotations"), list):
-            raise DataError(f"{apath}: expected the VQA v2 annotations json with an 'annotations' list")
-        for n, row in enumerate(adata["annotations"]):
-            try:
-                answers[row["question_id"]] = [a["answer"] for a in row["answers"]]
-            except (KeyError, TypeError):
-                raise DataError(f"{apath}, annotations[{n}]: expected 'question_id' and 'answers': "
-                                "[{'answer': ...}]") from None
-    out = []
-    for n, row in enumerate(qdata["questions"]):
-        where = f"{qpath}, questions[{n}]"
-        if not isinstance(row, dict) or "image_id" not in row or "question_id" not in row:
-            raise DataError(f"{where}: expected {{'image_id', 'question', 'question_id'}}")
-        out.append(TextExample(str(row["image_id"]), _text(row.get("question"), where, "question"),
-                               answers.get(row["question_id"])))
-    return out
+    """Official VQA v2 questions (+ annotations: the ten human answers), read by :func:`downstream.vqa.read_vqa_v2`."""
+    from downstream.vqa import read_vqa_v2 as read
+
+    return _from_vqa(read(questions, annotations))
 
 
 def read_texts(spec: str, split: str = "train") -> list[TextExample]:
@@ -210,11 +192,11 @@ class PretrainData:
         # Tokenise once; keep the ids flat (no per-example Python objects held).
         table = TokenTable([e.text for e in kept], tokenizer, max_text_len)
         self.lengths, self.offsets, self.tokens = table.lengths, table.offsets, table.tokens
-        enc = [table.get(i).tolist() for i in range(len(table))]
         # A mismatched text must not be one of the image's own texts either (easy-VQA asks "what shape is in the
         # image?" of every image: such a negative would be a true pair labelled false).
         text_code = {}
-        self.text_code = np.array([text_code.setdefault(tuple(x), len(text_code)) for x in enc], dtype=np.int64)
+        self.text_code = np.array([text_code.setdefault(tuple(table.get(i).tolist()), len(text_code))
+                                   for i in range(len(table))], dtype=np.int64)
         own: dict[int, set[int]] = {}
         for img, tc in zip(self.image_code.tolist(), self.text_code.tolist()):
             own.setdefault(img, set()).add(tc)
@@ -229,7 +211,6 @@ class PretrainData:
         index = {a: i for i, a in enumerate(self.answers)}
         self.answer_rows: list[dict[int, float]] = [answer_scores(e.answers, index) if e.answers else {}
                                                     for e in kept]
-        self.has_labels = None
 
     def __len__(self) -> int:
         return len(self.image_code)
