@@ -5,6 +5,7 @@
 * :func:`fsync_dir` — make renames inside a folder durable;
 * :func:`file_sha256` — the hex sha256 of a file (weights and shards are recorded with it);
 * :func:`load_state_dict_file` — a state dict from ``.safetensors`` or a torch pickle (``weights_only=True``);
+* :func:`make_dir` — create a folder, or refuse (naming it) a path that is a file or cannot be created;
 * :func:`prepare_output_dir` — make a folder ready to receive a new store without deleting anything that is not ours;
 * :func:`torch_hub_cache_file` / :func:`hf_hub_cache_file` — where the local weights caches keep a file (never a
   download).
@@ -18,6 +19,8 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ import torch
 from features.errors import StoreError, WeightsError
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "file_sha256", "fsync_dir", "hf_hub_cache_file",
-           "load_state_dict_file", "prepare_output_dir", "torch_hub_cache_file"]
+           "load_state_dict_file", "make_dir", "prepare_output_dir", "torch_hub_cache_file"]
 
 #: Files a folder may hold without counting as content (the lock file of a store).
 _IGNORED = (".lock",)
@@ -81,29 +84,69 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a state dict from ``.safetensors`` or a torch pickle, unwrapping ``state_dict``/``model`` and ``module.``.
 
-    Torch pickles are read with ``weights_only=True``: a file cannot run code.
+    Torch pickles are read with ``weights_only=True``: a file cannot run code (one that tries is refused).
 
     Raises:
         WeightsError: If the file is missing or is not a state dict of tensors.
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file {path} not found")
+        raise WeightsError(f"weights file {path} not found" + (" (it is a folder)" if path.is_dir() else ""))
+    expected = "a state dict of tensors saved by torch.save (.pth/.pt/.bin) or safetensors (.safetensors)"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise WeightsError(f"weights file {path} cannot be read: {exc.strerror or exc}") from None
+    if not head:
+        raise WeightsError(f"weights file {path} is empty; expected {expected}")
+    if path.suffix != ".safetensors" and not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise WeightsError(f"weights file {path} is not {expected}: it starts with {head!r}, not a zip archive or a "
+                           "pickle (a text file? for safetensors, name it .safetensors)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings(record=True) as caught:  # torch warns about pickle protocols before failing
+                warnings.simplefilter("always")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            for warning in caught:  # the load worked: pass its warnings on
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    except pickle.UnpicklingError as exc:  # weights_only refuses objects other than tensors and containers
+        noise = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith(noise)]
+        reason = lines[0][:160] if lines else "not a plain state dict"
+        raise WeightsError(f"weights file {path} holds Python objects other than tensors and was refused "
+                           f"(weights_only loading, no code ran): {reason}") from None
     except Exception as exc:  # any decoding failure is the file's fault, not ours
-        raise WeightsError(f"weights file {path} could not be read as a state dict: {exc}") from exc
+        detail = " ".join(str(exc).split())[:200] or "no detail"
+        raise WeightsError(f"weights file {path} is not {expected} or is damaged ({type(exc).__name__}: {detail})"
+                           ) from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"weights file {path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def make_dir(directory: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Create ``directory`` (and its parents) if needed and return it.
+
+    Raises:
+        StoreError: If the path is an existing file, or the folder cannot be created (a parent is a file, no
+            permission).
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise StoreError(f"{what} {directory} is an existing file, not a folder; choose a new or empty folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{what} {directory} cannot be created: {exc.strerror or exc}") from None
+    return directory
 
 
 def prepare_output_dir(directory: str | os.PathLike[str], *, overwrite: bool, owned: Callable[[str], bool],
@@ -122,8 +165,7 @@ def prepare_output_dir(directory: str | os.PathLike[str], *, overwrite: bool, ow
     Raises:
         StoreError: If the folder is not empty and may not (or cannot safely) be emptied.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_dir(directory)
     entries = sorted(p.name for p in directory.iterdir() if p.name not in _IGNORED)
     if not entries:
         return
