@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from features.backends import Extractor, create_extractor
@@ -42,11 +42,14 @@ from features.store.format import MANIFEST, is_store_file
 from features.store.manifest import finalize_store, load_manifest, make_plan, store_lock
 from features.store.writer import ShardWriter, read_sidecar
 
-__all__ = ["decode_image", "default_num_workers", "extract", "load_image", "parse_part"]
+__all__ = ["check_device", "decode_image", "default_num_workers", "extract", "load_image", "parse_part"]
 
 logger = logging.getLogger(__name__)
 
-_PLAN_VOLATILE = ("created", "updated")
+# Manifest fields that may differ between runs that resume one another. The format version is one: a run of this
+# version finishes a store begun by an older one (its shards without checksums are read unchecked, with a warning,
+# until `vlm features inspect DIR --reindex` adds them).
+_PLAN_VOLATILE = ("created", "updated", "version")
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -75,22 +78,77 @@ def _resolve_part(part: tuple[int, int] | None, rank: int | None, world_size: in
     return index, count
 
 
+def check_device(device: str) -> torch.device:
+    """The torch device named ``device``, refused before any work when this machine does not have it.
+
+    Raises:
+        FeaturesError: If the name is not a device, or names a GPU that is not there (``cuda:7`` on a 1-GPU machine).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise FeaturesError(f"device {device!r} is not a device name; expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise FeaturesError(f"device {device!r}: no such CUDA device on this machine ({count} visible); use "
+                                f"--device cpu{' or cuda:0' if count else ''}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise FeaturesError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise FeaturesError(f"device {device!r}: expected cpu, cuda, cuda:N or mps")
+    return dev
+
+
 def default_num_workers() -> int:
     """Image-decoding worker processes: the CPU count, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
 
 
+#: EXIF orientations (tag 0x0112) that turn the stored image by 90 degrees: width and height swap on display.
+_SIDEWAYS = (5, 6, 7, 8)
+#: Integer greyscale modes holding more than 8 bits: scaled to 8 bits, not clipped at 255 (which whitens them).
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation (1 = upright); an unreadable EXIF block counts as upright, as viewers treat it."""
+    try:
+        return int(image.getexif().get(0x0112, 1) or 1)
+    except Exception:  # PIL's EXIF parser raises many types on damaged metadata; the pixels may still be fine
+        return 1
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB; 16-bit (``I;16*``) and 32-bit integer (``I``, read as 16-bit data) greyscale scaled by 1/257."""
+    if image.mode in _WIDE_GREY:
+        wide = np.asarray(image).astype(np.float32)
+        image = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def decode_image(path: str, size: int) -> tuple[np.ndarray, int, int]:
-    """Decode an image, convert to RGB and resize (stretch) to ``size x size``.
+    """Decode an image as a photo viewer shows it, as 8-bit RGB resized (stretched) to ``size x size``.
+
+    This is the one image-decode helper of the package. A viewer's picture means: the EXIF orientation applied
+    (:func:`PIL.ImageOps.exif_transpose`: a portrait photo stored sideways comes out upright), and 16-bit greyscale
+    scaled to 8 bits instead of clipped at 255. Palette, greyscale, CMYK and alpha images go through PIL's
+    ``convert("RGB")`` (alpha is dropped).
 
     Returns:
-        ``(uint8 [size, size, 3], original width, original height)``.
+        ``(uint8 [size, size, 3], width, height)`` — width and height of the upright image, as displayed.
     """
     with Image.open(path) as image:
         width, height = image.size
+        orientation = _orientation(image)
+        if orientation in _SIDEWAYS:
+            width, height = height, width
         if image.format == "JPEG":
             image.draft("RGB", (size, size))  # let libjpeg decode at a reduced scale when the image is large
-        image = image.convert("RGB")
+        if orientation != 1:
+            image = ImageOps.exif_transpose(image)
+        image = _to_rgb(image)
         if image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR)
         array = np.array(image)
@@ -221,15 +279,22 @@ def extract(source: str | Sequence[ImageRecord], out_dir: str | os.PathLike[str]
             raise FeaturesError(f"{name} must be at least 1, got {value}")
     if limit is not None and limit < 1:
         raise FeaturesError(f"limit must be at least 1, got {limit}")
-    records = resolve_source(source) if isinstance(source, str) else list(source)
+    if num_workers is not None and num_workers < 0:
+        raise FeaturesError(f"num_workers must be 0 (decode in this process) or more, got {num_workers}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif not isinstance(backend, Extractor):
+        check_device(device)  # before any work, so a missing GPU leaves no half-made store behind
+    skipped: list[dict[str, str]] = []
+    records = resolve_source(source, skipped) if isinstance(source, str) else list(source)
     source_info = describe_source(source) if isinstance(source, str) else {"kind": "records"}
+    if skipped:
+        source_info["skipped"] = skipped
     if limit is not None:
         records = records[:limit]
     if not records:
         raise FeaturesError(f"source {source!r} has no images")
     index, count = _resolve_part(part, rank, world_size)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(backend, Extractor):
         extractor = backend
     else:
@@ -251,6 +316,12 @@ def extract(source: str | Sequence[ImageRecord], out_dir: str | os.PathLike[str]
              progress=progress)
     with store_lock(directory):
         manifest = finalize_store(directory, plan)
+        if manifest["complete"] and not manifest["num_samples"]:  # nothing to keep; a fixed rerun must start afresh
+            prepare_output_dir(directory, overwrite=True, owned=is_store_file)
+    if manifest["complete"] and not manifest["num_samples"]:
+        first = manifest["failed"][0]
+        raise ImageReadError(f"none of the {manifest['num_failed']} images could be read (e.g. {first['path']}: "
+                             f"{first['reason']}); nothing was stored in {directory}")
     if manifest["num_failed"]:
         logger.warning("%d image(s) could not be read and were skipped; they are listed under 'failed' in %s",
                        manifest["num_failed"], directory / MANIFEST)
