@@ -118,7 +118,9 @@ def _features_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="print a store's manifest summary and verify every shard's checksum")
     inspect.add_argument("dir", help="store folder")
     inspect.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the shards")
-    inspect.add_argument("--reindex", action="store_true", help="rebuild the random-access index from the sidecars")
+    inspect.add_argument("--reindex", action="store_true",
+                         help="rebuild the random-access index from the sidecars; on a store of format version 1, "
+                              "first check each shard's sha256 and add per-sample checksums")
     inspect.add_argument("--show-failed", type=int, default=10, metavar="N", help="list up to N failed images")
     imp = sub.add_parser("import-tsv", help="convert a bottom-up-attention TSV file into a feature store")
     imp.add_argument("tsv", help="input .tsv (LXMERT 10-field or original 6-field layout)")
@@ -207,6 +209,10 @@ def _extract(args: argparse.Namespace) -> int:
         num_workers=args.num_workers, rank=rank, world_size=world_size, on_error=args.on_error,
         overwrite=args.overwrite, progress=not args.no_progress, limit=args.limit, device=device,
     )
+    skipped = manifest.get("source", {}).get("skipped", [])
+    if skipped:
+        print(f"{len(skipped)} folder(s) not entered (symlink loops, folders seen twice, unreadable): listed under "
+              f"source.skipped in {Path(args.out) / 'manifest.json'}", file=sys.stderr)
     done = len(manifest["shards"])
     state = "complete" if manifest["complete"] else f"incomplete ({done} of {manifest['num_shards']} shards; run the " \
                                                     "other parts)"
@@ -217,13 +223,15 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from features.store import load_manifest, reindex_store, verify_store
+    from features.store import FORMAT_VERSION, load_manifest, reindex_store, verify_store
 
     directory = Path(args.dir)
     manifest = load_manifest(directory, require_complete=False)
     if args.reindex:
-        reindex_store(directory)
-        print(f"rebuilt the index of {directory}")
+        upgraded = reindex_store(directory)
+        print(f"rebuilt the index of {directory}" + (f"; added per-sample checksums to {upgraded} shards (format "
+                                                     f"version {FORMAT_VERSION})" if upgraded else ""))
+        manifest = load_manifest(directory, require_complete=False)
     settings = json.dumps(manifest.get("settings", {}), sort_keys=True)
     weights = manifest.get("weights") or {}
     lines = [
@@ -238,6 +246,9 @@ def _inspect(args: argparse.Namespace) -> int:
         f"images       {manifest['num_samples']} in {len(manifest['shards'])} of {manifest['num_shards']} shards "
         f"({'complete' if manifest['complete'] else 'INCOMPLETE'})",
         f"failed       {manifest['num_failed']}",
+        f"format       version {manifest['version']}" + ("" if manifest["version"] >= FORMAT_VERSION else
+                                                         " (no per-sample checksums: reads are not checked; add them "
+                                                         "with --reindex)"),
     ]
     print("\n".join(lines))
     for item in manifest["failed"][: args.show_failed]:

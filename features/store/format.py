@@ -8,6 +8,14 @@ A sample is three tar members sharing the key ``<key>`` — the image id, percen
 
 Tar members have fixed metadata (mode 644, uid/gid 0, mtime 0, ustar; PAX only for long or non-ASCII names), so the
 same inputs give byte-identical shards. This module holds no state and does no I/O beyond bytes in, bytes out.
+
+Format versions (the manifest's ``version``):
+
+* 1 — shards, sidecars (ids, offsets, sizes), the index, a sha256 per shard;
+* 2 — adds a crc32 of every sample's bytes (:func:`sample_crc`, the three members with their tar headers) to the
+  sidecar (``"crc32"``) and to the index (:data:`INDEX_DTYPE`), so both readers check each sample as they read it. A
+  version-1 store is still read, unverified and with a warning; ``vlm features inspect DIR --reindex`` adds the
+  checksums once its shards match their sha256.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import hashlib
 import io
 import json
 import tarfile
+import zlib
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -24,18 +33,21 @@ import numpy as np
 
 from features.errors import ShardError, StoreError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_DTYPE", "INDEX_ENTRIES", "INDEX_HASH", "LOCK", "MANIFEST",
+__all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_DTYPE", "INDEX_DTYPE_V1", "INDEX_ENTRIES", "INDEX_HASH", "LOCK", "MANIFEST",
            "decode_sample", "encode_key", "encode_sample", "id_hash", "is_store_file", "npy_bytes", "parse_members",
-           "shard_name", "sidecar_name", "tar_header"]
+           "sample_crc", "shard_name", "sidecar_name", "tar_header"]
 
 FORMAT = "vlm-features"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 INDEX_HASH = "index-hash.npy"
 INDEX_ENTRIES = "index-entries.npy"
 LOCK = ".lock"
-#: One row of the random-access index (beside the sorted first hash): second hash, shard, sample bytes, offset.
-INDEX_DTYPE = np.dtype([("hash2", "<u8"), ("shard", "<u4"), ("size", "<u4"), ("offset", "<u8")])
+#: One row of the random-access index (beside the sorted first hash): second hash, shard, sample bytes, offset, and
+#: the crc32 of the sample's bytes.
+INDEX_DTYPE = np.dtype([("hash2", "<u8"), ("shard", "<u4"), ("size", "<u4"), ("offset", "<u8"), ("crc32", "<u4")])
+#: The index row of format version 1 (no checksum).
+INDEX_DTYPE_V1 = np.dtype([("hash2", "<u8"), ("shard", "<u4"), ("size", "<u4"), ("offset", "<u8")])
 
 
 def shard_name(index: int) -> str:
@@ -67,6 +79,11 @@ def id_hash(image_id: str) -> tuple[int, int]:
     """Two independent 64-bit hashes of an id (a 128-bit blake2b digest), the keys of the random-access index."""
     digest = hashlib.blake2b(image_id.encode("utf-8"), digest_size=16).digest()
     return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+
+
+def sample_crc(data: bytes) -> int:
+    """The checksum of one sample's tar bytes (crc32: about 4 GB/s, a few microseconds for a 36 x 2048 sample)."""
+    return zlib.crc32(data)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -183,9 +200,7 @@ def decode_sample(members: Mapping[str, bytes], where: str) -> dict[str, Any]:
         raise ShardError(f"{where}: member json is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or not isinstance(meta.get("image_id"), str):
         raise ShardError(f"{where}: member json has no string 'image_id'")
-    return {
-        "image_id": meta["image_id"],
-        "feats": _load_npy(members["feats.npy"], where),
-        "boxes": _load_npy(members["boxes.npy"], where),
-        "meta": meta,
-    }
+    feats, boxes = _load_npy(members["feats.npy"], where), _load_npy(members["boxes.npy"], where)
+    if feats.ndim != 2 or boxes.shape != (feats.shape[0], 4):
+        raise ShardError(f"{where}: feats {feats.shape} and boxes {boxes.shape} are not [K, D] and [K, 4]")
+    return {"image_id": meta["image_id"], "feats": feats, "boxes": boxes, "meta": meta}

@@ -1,7 +1,8 @@
 """The random-access index: image id -> (shard, byte offset, length), memory-mapped by every reader process.
 
 ``index-hash.npy`` holds the sorted first 64-bit hash of every id; ``index-entries.npy`` the second hash, shard number,
-sample length and offset in the same order (:data:`~features.store.format.INDEX_DTYPE`). A lookup is a binary search
+sample length, offset and crc32 in the same order (:data:`~features.store.format.INDEX_DTYPE`; a format-1 store has
+no crc32 column). A lookup is a binary search
 over the first hash, confirmed by the second (128 bits in all), so a process holds no per-image Python objects — only
 the OS page cache of two arrays, shared by all DataLoader workers.
 """
@@ -18,7 +19,7 @@ import numpy as np
 
 from features.errors import StoreError
 from features.io import atomic_write_bytes
-from features.store.format import INDEX_DTYPE, INDEX_ENTRIES, INDEX_HASH, id_hash
+from features.store.format import INDEX_DTYPE, INDEX_DTYPE_V1, INDEX_ENTRIES, INDEX_HASH, id_hash
 
 __all__ = ["StoreIndex", "build_index"]
 
@@ -26,13 +27,16 @@ __all__ = ["StoreIndex", "build_index"]
 def build_index(directory: str | os.PathLike[str], records: Sequence[dict[str, Any]]) -> None:
     """Write the memory-mapped random-access index from the sidecars of all shards.
 
+    The per-sample crc32 column is written when every sidecar has one (format 2); otherwise the format-1 layout.
+
     Raises:
         StoreError: If an image id occurs twice.
     """
     directory = Path(directory)
     total = sum(r["num_samples"] for r in records)
+    with_crc = all("crc32" in r for r in records)
     hash1 = np.empty(total, dtype="<u8")
-    entries = np.empty(total, dtype=INDEX_DTYPE)
+    entries = np.empty(total, dtype=INDEX_DTYPE if with_crc else INDEX_DTYPE_V1)
     ids: list[str] = []
     row = 0
     for record in records:
@@ -43,6 +47,8 @@ def build_index(directory: str | os.PathLike[str], records: Sequence[dict[str, A
         entries["shard"][row:row + n] = record["index"]
         entries["size"][row:row + n] = record["sizes"]
         entries["offset"][row:row + n] = record["offsets"]
+        if with_crc:
+            entries["crc32"][row:row + n] = record["crc32"]
         ids.extend(record["ids"])
         row += n
     order = np.lexsort((entries["hash2"], hash1))
@@ -80,9 +86,14 @@ class StoreIndex:
         if len(self.hash1) != num_samples or len(self.entries) != num_samples:
             raise StoreError(f"feature store {directory}: index has {len(self.hash1)} entries but the manifest "
                              f"records {num_samples} samples; run `vlm features inspect {directory} --reindex`")
+        if self.entries.dtype not in (INDEX_DTYPE, INDEX_DTYPE_V1):
+            raise StoreError(f"feature store {directory}: {INDEX_ENTRIES} has an unknown layout; run "
+                             f"`vlm features inspect {directory} --reindex`")
+        #: Whether each entry carries the crc32 of its sample (format 2).
+        self.has_crc = "crc32" in self.entries.dtype.names
 
     def find(self, image_id: str) -> np.void | None:
-        """The index entry of ``image_id`` (``hash2``, ``shard``, ``size``, ``offset``), or ``None``."""
+        """The index entry of ``image_id`` (``hash2``, ``shard``, ``size``, ``offset``[, ``crc32``]), or ``None``."""
         h1, h2 = id_hash(image_id)
         lo = int(np.searchsorted(self.hash1, np.uint64(h1), side="left"))
         while lo < len(self.hash1) and int(self.hash1[lo]) == h1:

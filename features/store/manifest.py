@@ -13,13 +13,14 @@ import fcntl
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from features.errors import StoreError
-from features.io import atomic_write_json
+from features.io import atomic_write_json, make_dir
 from features.store.format import FORMAT, FORMAT_VERSION, LOCK, MANIFEST
 from features.store.index import build_index
 from features.store.writer import read_sidecar
@@ -30,8 +31,7 @@ __all__ = ["finalize_store", "load_manifest", "make_plan", "store_lock"]
 @contextlib.contextmanager
 def store_lock(directory: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on a store directory (processes of one extraction share it)."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    with open(Path(directory) / LOCK, "a+") as handle:
+    with open(make_dir(directory) / LOCK, "a+") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -96,11 +96,12 @@ def load_manifest(directory: str | os.PathLike[str], *, require_complete: bool =
                          "`vlm features import-tsv`)")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StoreError(f"{path} is not valid JSON: {exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: JSON or UTF-8 decoding
+        raise StoreError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise StoreError(f"{path}: not a vlm feature-store manifest (format {found!r}, expected {FORMAT!r})")
+    _check_fields(manifest, path)
     if require_complete and not manifest.get("complete"):
         done = len(manifest.get("shards", []))
         raise StoreError(
@@ -108,6 +109,30 @@ def load_manifest(directory: str | os.PathLike[str], *, require_complete: bool =
             "rerun the same `vlm extract` command (it resumes) for every part"
         )
     return manifest
+
+
+def _check_fields(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse a manifest from a newer vlm, or one whose fields the readers rely on are missing or of the wrong type."""
+    version = manifest.get("version")
+    if type(version) is not int or version < 1:
+        raise StoreError(f"{path}: field 'version' is {version!r}; expected a format version (1..{FORMAT_VERSION})")
+    if version > FORMAT_VERSION:
+        raise StoreError(f"{path}: the store has format version {version}, written by a newer vlm; this one reads "
+                         f"versions 1..{FORMAT_VERSION} (upgrade vlm)")
+    for key, kind in (("feature_dim", int), ("num_shards", int), ("num_samples", int), ("num_failed", int),
+                      ("shards", list), ("failed", list)):
+        if key in ("num_samples", "num_failed", "shards", "failed") and key not in manifest:
+            continue  # a plan that no process has finished yet (see finalize_store)
+        if type(manifest.get(key)) is not kind:
+            raise StoreError(f"{path}: field {key!r} is {manifest.get(key)!r}; expected {kind.__name__} (a damaged or "
+                             "hand-edited manifest: rerun the command that made the store)")
+    for position, shard in enumerate(manifest.get("shards", [])):
+        if not (isinstance(shard, dict) and isinstance(shard.get("name"), str)
+                and re.fullmatch(r"shard-\d{6}\.tar", shard["name"])
+                and all(type(shard.get(k)) is int for k in ("num_samples", "bytes"))
+                and isinstance(shard.get("sha256"), str)):
+            raise StoreError(f"{path}: shards[{position}] is {str(shard)[:120]}; expected {{'name': "
+                             "'shard-NNNNNN.tar', 'num_samples': int, 'bytes': int, 'sha256': str}")
 
 
 def finalize_store(directory: str | os.PathLike[str], plan: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,14 @@
-"""Random access to a finished store by image id: :class:`FeatureStore`."""
+"""Random access to a finished store by image id: :class:`FeatureStore`.
+
+Every sample read is checked against the crc32 its writer recorded (format 2), so a damaged shard raises
+:class:`~features.errors.ShardError` naming the shard, the byte range and the image instead of returning wrong numbers.
+The check costs about 1% of a read (``bench/pipeline.py`` prints the ratio); ``verify=False`` turns it off.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import os
 import tarfile
 from collections.abc import Iterator, Mapping
@@ -11,12 +16,27 @@ from pathlib import Path
 from typing import Any
 
 from features.errors import ShardError
-from features.store.format import decode_sample, parse_members
+from features.store.format import decode_sample, parse_members, sample_crc
 from features.store.index import StoreIndex
 from features.store.manifest import load_manifest
 from features.store.verify import check_shard_size
+from features.store.writer import load_sidecar
 
-__all__ = ["FeatureStore"]
+__all__ = ["FeatureStore", "warn_unverified"]
+
+logger = logging.getLogger(__name__)
+
+_WARNED: set[str] = set()
+
+
+def warn_unverified(directory: os.PathLike[str] | str) -> None:
+    """Warn once per process and store that a format-1 store's samples cannot be checked as they are read."""
+    key = os.path.realpath(directory)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning("feature store %s has format version 1, without per-sample checksums: a damaged shard cannot be "
+                       "detected as it is read; run `vlm features inspect %s --reindex` once to check its shards and "
+                       "add them", directory, directory)
 
 
 class FeatureStore(Mapping[str, dict[str, Any]]):
@@ -26,16 +46,21 @@ class FeatureStore(Mapping[str, dict[str, Any]]):
     Iterating yields image ids in shard order. A lookup searches the memory-mapped index and reads the sample with a
     single ``pread``. Safe to use from DataLoader workers (files are reopened per process; picklable for ``spawn``).
 
+    Every sample is checked against its recorded crc32 as it is read (format 2; a format-1 store is read unchecked,
+    with a warning, until ``vlm features inspect DIR --reindex`` adds the checksums).
+
     Args:
         directory: The store directory.
         max_open_files: Shard files kept open per process.
+        verify: Check each sample's crc32 (on by default; off only to measure what the check costs).
 
     Raises:
-        StoreError: If the store is missing or unfinished.
-        ShardError: If a shard is missing or has a different size than the manifest records (truncated).
+        StoreError: If the store is missing, unfinished, or its manifest or index is damaged.
+        ShardError: If a shard or its sidecar is missing, or a shard has a different size than the manifest records
+            (truncated); on read, if a sample fails its checksum or cannot be decoded.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, max_open_files: int = 64) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, max_open_files: int = 64, verify: bool = True) -> None:
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
         self._shards = [self.directory / s["name"] for s in self.manifest["shards"]]
@@ -43,7 +68,12 @@ class FeatureStore(Mapping[str, dict[str, Any]]):
         self._shard_numbers = {int(s["name"][6:12]): pos for pos, s in enumerate(self.manifest["shards"])}
         for path, info in zip(self._shards, self.manifest["shards"]):
             check_shard_size(path, info["bytes"])
+            if not path.with_suffix(".json").is_file():
+                load_sidecar(path)  # raises, naming the shard and its sidecar
         self._index = StoreIndex(self.directory, int(self.manifest["num_samples"]))
+        self.verify = verify and self._index.has_crc
+        if verify and not self._index.has_crc:
+            warn_unverified(self.directory)
         self.max_open_files = max_open_files
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
@@ -86,6 +116,10 @@ class FeatureStore(Mapping[str, dict[str, Any]]):
         if len(data) != size:
             raise ShardError(f"shard {path} is truncated: sample {image_id!r} needs bytes {offset}..{offset + size} "
                              f"but the file has {path.stat().st_size} bytes")
+        if self.verify and sample_crc(data) != int(entry["crc32"]):
+            raise ShardError(f"shard {path} is damaged: sample {image_id!r} (bytes {offset}..{offset + size}) fails "
+                             f"its checksum (crc32 {sample_crc(data):08x}, recorded {int(entry['crc32']):08x}); "
+                             f"re-extract the shard (`vlm features inspect {self.directory}` lists the damaged ones)")
         try:
             members = parse_members(data)
         except (ValueError, tarfile.TarError) as exc:
@@ -98,9 +132,8 @@ class FeatureStore(Mapping[str, dict[str, Any]]):
 
     def ids(self) -> Iterator[str]:
         """Yield all image ids in shard order (reads one shard sidecar at a time)."""
-        for info in self.manifest["shards"]:
-            record = json.loads((self.directory / info["name"].replace(".tar", ".json")).read_text(encoding="utf-8"))
-            yield from record["ids"]
+        for path in self._shards:
+            yield from load_sidecar(path)["ids"]
 
     def __iter__(self) -> Iterator[str]:
         return self.ids()

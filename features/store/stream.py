@@ -1,13 +1,19 @@
 """Streaming a store: :func:`stream`, a webdataset pipeline with shard shuffling, splitting and a shuffle buffer.
 
 Stages: shard list (per-epoch permutation, or resampled with replacement) -> split by node -> split by worker ->
-read shards (sizes and counts checked against the manifest, errors naming the shard) -> shuffle buffer -> decode.
+read shards -> shuffle buffer -> decode.
+
+Shards are read sample by sample at the byte ranges their sidecar records, each sample checked against its crc32
+(format 2), sizes and counts against the manifest; any mismatch is a :class:`~features.errors.ShardError` naming the
+shard (and the sample), so a damaged shard never feeds training silently. ``verify=False`` skips the checksums and
+also reads webdataset shards that have no sidecar (not written by vlm) through webdataset's own tar reader.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +22,11 @@ import torch.utils.data
 import webdataset as wds
 
 from features.errors import ShardError, StoreError
-from features.store.format import decode_sample
+from features.store.format import decode_sample, encode_key, parse_members, sample_crc
 from features.store.manifest import load_manifest
+from features.store.reader import warn_unverified
 from features.store.verify import check_shard_size
+from features.store.writer import load_sidecar
 
 __all__ = ["FeatureStream", "stream"]
 
@@ -48,29 +56,68 @@ class _ShardList(torch.utils.data.IterableDataset):
 
 
 class _ReadShards:
-    """Pipeline stage: opens each shard and yields its samples; errors name the shard; counts are checked."""
+    """Pipeline stage: yields each shard's raw samples, checked (sizes, counts, crc32); errors name the shard."""
 
-    def __init__(self, expected: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, expected: dict[str, tuple[int, int]], verify: bool) -> None:
         self.expected = expected  # path -> (bytes, num_samples), empty when no manifest
+        self.verify = verify
 
     def __call__(self, src: Iterable[dict[str, str]]) -> Iterator[dict[str, Any]]:
         for item in src:
             url = item["url"]
+            path = Path(url)
             expected = self.expected.get(url)
             if expected is not None:
-                check_shard_size(Path(url), expected[0])
-            count = 0
+                check_shard_size(path, expected[0])
+            elif not path.with_suffix(".json").is_file():
+                if self.verify:
+                    raise ShardError(f"shard {url}: no sidecar {path.with_suffix('.json').name} beside it, so its "
+                                     "samples cannot be checked; pass verify=False to stream webdataset shards not "
+                                     "written by vlm")
+                yield from _webdataset_samples(url)
+                continue
+            record = load_sidecar(path)
+            if expected is None:
+                check_shard_size(path, record.get("bytes", path.stat().st_size), recorded_by="its sidecar")
+            elif len(record["ids"]) != expected[1]:
+                raise ShardError(f"shard {url} holds {len(record['ids'])} samples by its sidecar, the manifest records "
+                                 f"{expected[1]}")
+            crcs = record.get("crc32") if self.verify else None
+            if self.verify and crcs is None:
+                warn_unverified(path.parent)
+            yield from _sidecar_samples(url, record, crcs)
+
+
+def _sidecar_samples(url: str, record: dict[str, Any], crcs: list[int] | None) -> Iterator[dict[str, Any]]:
+    """The raw samples of one shard at its sidecar's byte ranges, each checked against ``crcs`` when given."""
+    with open(url, "rb") as handle:
+        for n, (image_id, offset, size) in enumerate(zip(record["ids"], record["offsets"], record["sizes"])):
+            handle.seek(offset)
+            data = handle.read(size)
+            if len(data) != size:
+                raise ShardError(f"shard {url} is truncated: sample {image_id!r} needs bytes {offset}..{offset + size}"
+                                 f" but the file has {os.fstat(handle.fileno()).st_size} bytes")
+            if crcs is not None and sample_crc(data) != crcs[n]:
+                raise ShardError(f"shard {url} is damaged: sample {image_id!r} (bytes {offset}..{offset + size}) "
+                                 f"fails its checksum (crc32 {sample_crc(data):08x}, recorded {crcs[n]:08x}); "
+                                 "re-extract the shard (`vlm features inspect` lists the damaged ones)")
             try:
-                for raw in wds.tarfile_samples([{"url": url}]):
-                    count += 1
-                    yield raw
-            except ShardError:
-                raise
-            except Exception as exc:
-                raise ShardError(f"shard {url} is truncated or corrupt after {count} samples: "
-                                 f"{exc.args[0] if exc.args else exc!r}") from exc
-            if expected is not None and count != expected[1]:
-                raise ShardError(f"shard {url} holds {count} samples, the manifest records {expected[1]}")
+                members = parse_members(data)
+            except (ValueError, tarfile.TarError) as exc:
+                raise ShardError(f"shard {url} is corrupt at byte {offset} (sample {image_id!r}): {exc}") from None
+            yield {"__key__": encode_key(image_id), "__url__": url, "__id__": image_id, **members}
+
+
+def _webdataset_samples(url: str) -> Iterator[dict[str, Any]]:
+    """The raw samples of a shard without a sidecar, read by webdataset (``verify=False`` only)."""
+    count = 0
+    try:
+        for raw in wds.tarfile_samples([{"url": url}]):
+            count += 1
+            yield raw
+    except Exception as exc:  # webdataset and tarfile raise many types on a damaged file
+        raise ShardError(f"shard {url} is truncated or corrupt after {count} samples: "
+                         f"{exc.args[0] if exc.args else exc!r}") from exc
 
 
 class _ShuffleBuffer:
@@ -100,7 +147,12 @@ class _ShuffleBuffer:
 
 def _decode_raw(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for raw in src:
-        yield decode_sample(raw, f"shard {raw.get('__url__')}, key {raw.get('__key__')!r}")
+        where = f"shard {raw.get('__url__')}, key {raw.get('__key__')!r}"
+        sample = decode_sample(raw, where)
+        if "__id__" in raw and sample["image_id"] != raw["__id__"]:
+            raise ShardError(f"{where}: the sample holds image id {sample['image_id']!r}, its sidecar lists "
+                             f"{raw['__id__']!r}")
+        yield sample
 
 
 class FeatureStream(wds.DataPipeline):
@@ -128,7 +180,7 @@ def _resolve_shards(source: str | os.PathLike[str] | Sequence[str]) -> tuple[lis
 
 def stream(source: str | os.PathLike[str] | Sequence[str], *, shuffle: bool = True, buffer_size: int = 1000,
            shard_shuffle: bool | None = None, resampled: bool = False, split_by_node: bool = True,
-           split_by_worker: bool = True, seed: int = 0) -> FeatureStream:
+           split_by_worker: bool = True, seed: int = 0, verify: bool = True) -> FeatureStream:
     """A webdataset pipeline over a store's shards yielding ``{"image_id", "feats", "boxes", "meta"}``.
 
     Use it directly or wrap it in ``torch.utils.data.DataLoader(pipeline, batch_size=None or N, num_workers=W)``.
@@ -146,6 +198,8 @@ def stream(source: str | os.PathLike[str] | Sequence[str], *, shuffle: bool = Tr
             ``RANK``/``WORLD_SIZE`` variables of ``torchrun``).
         split_by_worker: Give each DataLoader worker a disjoint subset of shards.
         seed: Seed of the shard order and shuffle buffer.
+        verify: Check each sample's crc32 as it is read (needs the shards' sidecars). ``False`` skips the check and
+            also reads shards without a sidecar (webdataset shards not written by vlm).
 
     Returns:
         A :class:`FeatureStream` (a ``webdataset.DataPipeline``).
@@ -160,7 +214,7 @@ def stream(source: str | os.PathLike[str] | Sequence[str], *, shuffle: bool = Tr
             stages.append(wds.split_by_node)
         if split_by_worker:
             stages.append(wds.split_by_worker)
-    stages.append(_ReadShards(expected))
+    stages.append(_ReadShards(expected, verify))
     if shuffle and buffer_size > 1:
         stages.append(_ShuffleBuffer(buffer_size, seed))
     stages.append(_decode_raw)

@@ -1,39 +1,43 @@
-"""Checking a store against its manifest (sizes, sha256, index) and rebuilding the index from the sidecars."""
+"""Checking a store against its manifest (sizes, sha256, sidecars, index); rebuilding the index from the sidecars and
+adding per-sample checksums to a format-1 store."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from features.errors import ShardError, StoreError
-from features.io import file_sha256
-from features.store.format import INDEX_ENTRIES, INDEX_HASH
+from features.errors import ShardError
+from features.io import atomic_write_json, file_sha256
+from features.store.format import FORMAT_VERSION, INDEX_ENTRIES, INDEX_HASH, MANIFEST, sample_crc
 from features.store.index import build_index
 from features.store.manifest import load_manifest, store_lock
+from features.store.writer import load_sidecar
 
 __all__ = ["check_shard_size", "reindex_store", "verify_store"]
 
 
-def check_shard_size(path: Path, expected: int) -> None:
+def check_shard_size(path: Path, expected: int, *, recorded_by: str = "the manifest") -> None:
     """Raise :class:`~features.errors.ShardError` naming ``path`` if it is missing or not ``expected`` bytes long."""
     if not path.is_file():
-        raise ShardError(f"shard {path} is missing (listed in the manifest)")
+        raise ShardError(f"shard {path} is missing (listed in {recorded_by})")
     actual = path.stat().st_size
     if actual != expected:
         state = "truncated" if actual < expected else "larger than recorded"
-        raise ShardError(f"shard {path} is {state}: {actual} bytes, the manifest records {expected}; re-extract it "
+        raise ShardError(f"shard {path} is {state}: {actual} bytes, {recorded_by} records {expected}; re-extract it "
                          f"(delete it and its .json sidecar, then rerun `vlm extract`) or run `vlm features inspect`")
 
 
 def verify_store(directory: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
-    """Check every shard of a store: present, recorded size, recorded sha256; and the index.
+    """Check every shard of a store: present, recorded size and sha256, its sidecar; and the index.
+
+    A shard whose sha256 differs is read sample by sample to name the damaged samples (format 2).
 
     Returns:
         ``(name, status, detail)`` per shard and for the index, status ``"ok"``, ``"missing"``, ``"truncated"``,
-        ``"size"``, ``"checksum"`` or ``"index"``.
+        ``"size"``, ``"checksum"``, ``"sidecar"`` or ``"index"``.
     """
     directory = Path(directory)
     manifest = load_manifest(directory, require_complete=False)
@@ -48,10 +52,23 @@ def verify_store(directory: str | os.PathLike[str]) -> list[tuple[str, str, str]
             status = "truncated" if size < info["bytes"] else "size"
             results.append((info["name"], status, f"{size} bytes, manifest records {info['bytes']}"))
             continue
+        try:
+            record = load_sidecar(path)
+        except ShardError as exc:
+            results.append((info["name"], "sidecar", str(exc).removeprefix(f"shard {path}: ")))
+            continue
+        if len(record["ids"]) != info["num_samples"] or record.get("sha256") != info["sha256"]:
+            results.append((info["name"], "sidecar", f"sidecar {path.with_suffix('.json').name} disagrees with the "
+                                                     "manifest (samples or sha256)"))
+            continue
         digest = file_sha256(path)
         if digest != info["sha256"]:
-            results.append((info["name"], "checksum", f"sha256 {digest[:16]}..., manifest records "
-                                                      f"{info['sha256'][:16]}..."))
+            detail = f"sha256 {digest[:16]}..., manifest records {info['sha256'][:16]}..."
+            damaged = _damaged_samples(path, record)
+            if damaged:
+                shown = ", ".join(repr(i) for i in damaged[:5]) + (" ..." if len(damaged) > 5 else "")
+                detail += f"; damaged samples: {shown} ({len(damaged)} of {len(record['ids'])})"
+            results.append((info["name"], "checksum", detail))
         else:
             results.append((info["name"], "ok", f"{info['num_samples']} samples"))
     if manifest.get("complete"):
@@ -65,15 +82,50 @@ def verify_store(directory: str | os.PathLike[str]) -> list[tuple[str, str, str]
     return results
 
 
-def reindex_store(directory: str | os.PathLike[str]) -> None:
-    """Rebuild the random-access index of a complete store from its shard sidecars."""
+def _damaged_samples(path: Path, record: dict[str, Any]) -> list[str]:
+    """Ids of the samples of a shard whose bytes fail their recorded crc32 (none known for a format-1 shard)."""
+    if "crc32" not in record:
+        return []
+    with open(path, "rb") as handle:
+        return [image_id for image_id, offset, size, crc in
+                zip(record["ids"], record["offsets"], record["sizes"], record["crc32"])
+                if sample_crc(os.pread(handle.fileno(), size, offset)) != crc]
+
+
+def reindex_store(directory: str | os.PathLike[str]) -> int:
+    """Rebuild the random-access index of a complete store from its shard sidecars.
+
+    A format-1 store is upgraded on the way: each shard without per-sample checksums is first checked against its
+    recorded sha256, then the crc32 of each of its samples is added to its sidecar, and the manifest's version is
+    raised once every shard has them.
+
+    Returns:
+        The number of shards that gained checksums.
+
+    Raises:
+        ShardError: If a sidecar is missing or damaged, or a shard to upgrade does not match its recorded sha256
+            (checksums are only added to intact shards).
+    """
+    directory = Path(directory)
     manifest = load_manifest(directory)
-    records = []
+    records, upgraded = [], 0
     for info in manifest["shards"]:
-        sidecar = Path(directory) / info["name"].replace(".tar", ".json")
-        try:
-            records.append(json.loads(sidecar.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StoreError(f"sidecar {sidecar} unreadable: {exc}") from exc
+        path = directory / info["name"]
+        record = load_sidecar(path)
+        if "crc32" not in record:
+            check_shard_size(path, info["bytes"])
+            if file_sha256(path) != info["sha256"]:
+                raise ShardError(f"shard {path} does not match the sha256 its manifest records, so checksums cannot "
+                                 "be added to it: re-extract it (delete it and its .json sidecar, rerun `vlm extract`)")
+            with open(path, "rb") as handle:
+                record["crc32"] = [sample_crc(os.pread(handle.fileno(), size, offset))
+                                   for offset, size in zip(record["offsets"], record["sizes"])]
+            atomic_write_json(path.with_suffix(".json"), record, compact=True)
+            upgraded += 1
+        records.append(record)
     with store_lock(directory):
         build_index(directory, records)
+        if manifest["version"] < FORMAT_VERSION:
+            manifest["version"] = FORMAT_VERSION
+            atomic_write_json(directory / MANIFEST, manifest)
+    return upgraded

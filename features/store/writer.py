@@ -1,8 +1,12 @@
 """Writing one shard: samples into ``shard-NNNNNN.tar.tmp``, then commit (tar renamed, sidecar written last).
 
-The sidecar ``shard-NNNNNN.json`` records the shard's ids, the byte offset and length of each sample (for the
-random-access index), its size and sha256; it is written after the tar is in place, so a shard without its sidecar is
-unfinished and is redone by the next run.
+The sidecar ``shard-NNNNNN.json`` records the shard's ids, the byte offset, length and crc32 of each sample (for the
+random-access index and the readers' checks), its size and sha256; it is written after the tar is in place, so a shard
+without its sidecar is unfinished and is redone by the next run. :func:`load_sidecar` is the readers' way in: a
+missing or damaged sidecar of a finished store is a :class:`~features.errors.ShardError` naming the shard.
+
+The writer refuses what it cannot store faithfully: features that are NaN/Inf, or that become Inf as float16 (beyond
+±65504), and boxes that are not finite, are a :class:`~features.errors.StoreError` naming the image.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from features.errors import ShardError, StoreError
 from features.io import atomic_write_json, fsync_dir
-from features.store.format import encode_sample, shard_name, sidecar_name
+from features.store.format import encode_sample, sample_crc, shard_name, sidecar_name
 
-__all__ = ["ShardWriter", "read_sidecar"]
+__all__ = ["ShardWriter", "load_sidecar", "read_sidecar"]
+
+#: Largest finite float16.
+_F16_MAX = float(np.finfo(np.float16).max)
 
 # Why a hand-written tar writer and not webdataset.TarWriter: bench/extract_throughput.py writes the same 36x2048
 # float16 samples with both; TarWriter(mtime=0) took 1.7-1.8x as long per sample (it goes through tarfile and
@@ -42,6 +50,33 @@ class _HashingFile:
         self.sha256.update(data)
         self.position += len(data)
         return self.handle.write(data)
+
+
+def _float16_features(image_id: str, feats: np.ndarray) -> np.ndarray:
+    """``feats`` as float16, or a :class:`StoreError` if a value is NaN/Inf or does not fit float16."""
+    if feats.dtype == np.float16:
+        half = feats
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            half = feats.astype(np.float16)
+    finite = np.isfinite(half)
+    if not finite.all():
+        region = int(np.argwhere(~finite)[0][0])
+        if not np.isfinite(feats).all():
+            raise StoreError(f"image {image_id!r}: features hold NaN or Inf (region {region}); expected finite values")
+        largest = float(np.abs(feats).max())
+        raise StoreError(f"image {image_id!r}: feature value {largest:.4g} (region {region}) is beyond the float16 "
+                         f"range ±{_F16_MAX:g} the store keeps; expected smaller features")
+    return half
+
+
+def _finite_boxes(image_id: str, boxes: np.ndarray) -> np.ndarray:
+    """``boxes``, or a :class:`StoreError` if one holds NaN/Inf."""
+    finite = np.isfinite(boxes)
+    if not finite.all():
+        region = int(np.argwhere(~finite)[0][0])
+        raise StoreError(f"image {image_id!r}: box {region} holds NaN or Inf; expected finite (x1, y1, x2, y2)")
+    return boxes
 
 
 class ShardWriter:
@@ -65,6 +100,7 @@ class ShardWriter:
         self.ids: list[str] = []
         self.offsets: list[int] = []
         self.sizes: list[int] = []
+        self.crcs: list[int] = []
 
     def write(self, image_id: str, feats: np.ndarray, boxes: np.ndarray, meta: dict[str, Any]) -> None:
         """Append one sample.
@@ -75,10 +111,11 @@ class ShardWriter:
             boxes: ``[K, 4]`` normalised boxes, stored as float32.
             meta: JSON-serialisable metadata; ``image_id`` is added.
         """
-        data = encode_sample(image_id, feats, boxes, meta)
+        data = encode_sample(image_id, _float16_features(image_id, feats), _finite_boxes(image_id, boxes), meta)
         self.ids.append(image_id)
         self.offsets.append(self._file.position)
         self.sizes.append(len(data))
+        self.crcs.append(sample_crc(data))
         self._file.write(data)
 
     def commit(self, failed: Sequence[dict[str, str]] = (), extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -104,6 +141,7 @@ class ShardWriter:
             "ids": self.ids,
             "offsets": self.offsets,
             "sizes": self.sizes,
+            "crc32": self.crcs,
         }
         os.replace(self.tmp_path, self.path)
         fsync_dir(self.directory)
@@ -118,6 +156,30 @@ class ShardWriter:
             self.tmp_path.unlink()
 
 
+def load_sidecar(shard: str | os.PathLike[str]) -> dict[str, Any]:
+    """The sidecar of a finished shard (``shard-NNNNNN.json`` beside ``shard-NNNNNN.tar``), checked for the readers.
+
+    Raises:
+        ShardError: Naming the shard if the sidecar is missing, unreadable, or its per-sample lists disagree.
+    """
+    shard = Path(shard)
+    sidecar = shard.with_suffix(".json")
+    advice = ("; redo the shard: rerun the `vlm extract` command that made the store (it redoes shards without a "
+              "sidecar), or rerun `vlm features import-tsv --overwrite`")
+    if not sidecar.is_file():
+        raise ShardError(f"shard {shard}: its sidecar {sidecar.name} (ids and byte offsets) is missing{advice}")
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardError(f"shard {shard}: its sidecar {sidecar.name} is unreadable ({exc}){advice}") from None
+    lists = ("ids", "offsets", "sizes") + (("crc32",) if isinstance(record, dict) and "crc32" in record else ())
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), list) for k in lists) or \
+            len({len(record[k]) for k in lists}) != 1:
+        raise ShardError(f"shard {shard}: its sidecar {sidecar.name} does not hold equally long lists "
+                         f"{', '.join(lists)}{advice}")
+    return record
+
+
 def read_sidecar(directory: str | os.PathLike[str], index: int) -> dict[str, Any] | None:
     """Return the sidecar of a finished shard, or ``None`` if the shard is not finished.
 
@@ -130,8 +192,8 @@ def read_sidecar(directory: str | os.PathLike[str], index: int) -> dict[str, Any
         return None
     try:
         record = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: JSON or UTF-8 decoding
         return None
-    if tar.stat().st_size != record.get("bytes"):
+    if not isinstance(record, dict) or tar.stat().st_size != record.get("bytes"):
         return None
     return record

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from features.errors import ShardError, StoreError
-from features.store import FeatureStore, ShardWriter, finalize_store, stream
+from features.store import FORMAT_VERSION, FeatureStore, ShardWriter, finalize_store, stream
 
 IDS = ["0", "17", "COCO_val2014_000000000042", "img.v2", "dir/sub file", "100%", "ünï"]
 
 
 def _plan(num_shards: int) -> dict:
-    return {"format": "vlm-features", "version": 1, "backend": "test", "settings": {}, "weights": {},
+    return {"format": "vlm-features", "version": FORMAT_VERSION, "backend": "test", "settings": {}, "weights": {},
             "random_weights": False, "feature_dim": 6, "num_regions": 3, "shard_size": 3, "num_shards": num_shards}
 
 
@@ -106,9 +106,16 @@ def test_truncated_shard_is_named_by_readers_and_inspect(tmp_path: Path, cli) ->
         FeatureStore(tmp_path / "s")
     with pytest.raises(ShardError, match=r"shard-000001\.tar is truncated"):
         list(stream(tmp_path / "s", shuffle=False))
-    # streaming the bare shard list (no manifest to compare with) still names the shard
-    with pytest.raises(ShardError, match=r"shard .*shard-000001\.tar is truncated or corrupt after \d+ samples"):
+    # streaming the bare shard list (no manifest to compare with) checks it against its sidecar
+    with pytest.raises(ShardError, match=r"shard .*shard-000001\.tar is truncated: 2000 bytes, its sidecar records"):
         list(stream([str(shard)], shuffle=False))
+    # a shard without a sidecar (not written by vlm) is refused, or read by webdataset with verify=False
+    foreign = tmp_path / "foreign.tar"
+    foreign.write_bytes(shard.read_bytes())
+    with pytest.raises(ShardError, match=r"foreign\.tar: no sidecar foreign\.json beside it.*verify=False"):
+        list(stream([str(foreign)], shuffle=False))
+    with pytest.raises(ShardError, match=r"shard .*foreign\.tar is truncated or corrupt after \d+ samples"):
+        list(stream([str(foreign)], shuffle=False, verify=False))
     result = cli("features", "inspect", str(tmp_path / "s"))
     assert result.returncode == 1
     assert "TRUNCATED" in result.stdout and "shard-000001.tar: 2000 bytes" in result.stdout
