@@ -13,21 +13,28 @@ base64 of their raw little-endian buffers. Two layouts exist, told apart by the 
 
 :func:`import_tsv` converts a file to shards (``vlm features import-tsv IN.tsv OUT_DIR``): boxes divided by width and
 height (clipped to [0, 1]), features stored as float16, labels and attributes with their confidences kept in each
-sample's JSON (``objects_id``, ``objects_conf``, ``attrs_id``, ``attrs_conf``). A malformed row raises
-:class:`~features.errors.TSVFormatError` naming the line number, the field and what was expected; with
-``on_error="skip"`` it is counted, logged and listed in the manifest (``{"row", "image_id", "reason"}``) instead.
+sample's JSON (``objects_id``, ``objects_conf``, ``attrs_id``, ``attrs_conf``).
+
+Every row is validated in one place (the row parser, shared by :func:`read_tsv` and :func:`import_tsv`): UTF-8 text,
+the field count, integers, base64, array sizes, and values — features and confidences finite and within float16 (the
+store keeps float16), boxes finite, ``x1 <= x2`` and ``y1 <= y2``, and not entirely outside the image (a box that
+only overhangs the border is clipped). A malformed row raises :class:`~features.errors.TSVFormatError` naming the row
+number, the field (and box) and what was expected; with ``on_error="skip"`` it is counted, logged and listed in the
+manifest (``{"row", "image_id", "reason"}``) instead. An import that fails, or finds no valid row, removes what it
+wrote, so the fixed rerun starts from an empty folder.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -47,6 +54,9 @@ LXMERT_FIELDS = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attr
                  "boxes", "features")
 #: Field order of the original bottom-up-attention ``generate_tsv.py`` (no labels or attributes).
 BUTD_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
+
+#: Largest finite float16 (features are stored as float16).
+_F16_MAX = float(np.finfo(np.float16).max)
 
 _PER_BOX = {"objects_id": (np.int64, 8), "objects_conf": (np.float32, 4), "attrs_id": (np.int64, 8),
             "attrs_conf": (np.float32, 4)}
@@ -161,7 +171,58 @@ class _RowParser:
                     raise TSVFormatError(f"{where}: field '{name}' decodes to {len(raw)} bytes; expected "
                                          f"{num_boxes * width_bytes} = {type_name} [num_boxes={num_boxes}]")
                 labels[name] = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+                if dtype is np.float32:
+                    _check_finite(labels[name], f"{where}: field '{name}'")
+        _check_finite(features, f"{where}: field 'features'")
+        _check_float16(features, f"{where}: field 'features'")
+        _check_boxes(boxes, width, height, f"{where}: field 'boxes'")
         return TSVRow(image_id, height, width, boxes, features, labels)
+
+
+def _check_finite(values: np.ndarray, where: str) -> None:
+    """Refuse NaN or Inf, naming the first box that holds one."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        box = int(np.argwhere(bad)[0][0])
+        kind = "NaN" if np.isnan(values[box]).any() else "Inf"
+        raise TSVFormatError(f"{where}: box {box} holds {kind}; expected finite float32 values")
+
+
+def _check_float16(features: np.ndarray, where: str) -> None:
+    """Refuse features the store's float16 cannot hold (they would become Inf)."""
+    too_big = np.abs(features) > _F16_MAX
+    if too_big.any():
+        box, column = (int(i) for i in np.argwhere(too_big)[0])
+        raise TSVFormatError(f"{where}: value {float(features[box, column]):.6g} in box {box} is beyond the float16 "
+                             f"range ±{_F16_MAX:g} the store keeps; expected smaller features")
+
+
+def _check_boxes(boxes: np.ndarray, width: int, height: int, where: str) -> None:
+    """Refuse boxes that are not finite, inverted (x2 < x1 or y2 < y1), or entirely outside the image."""
+    _check_finite(boxes, where)
+    x1, y1, x2, y2 = boxes.T
+    inverted = (x2 < x1) | (y2 < y1)
+    outside = (x1 >= width) | (y1 >= height) | (x2 <= 0) | (y2 <= 0)
+    for bad, what in ((inverted, "is inverted; expected x1 <= x2 and y1 <= y2"),
+                      (outside, f"lies entirely outside the {width}x{height} image; expected a box that overlaps it")):
+        if bad.any():
+            box = int(np.flatnonzero(bad)[0])
+            corners = ", ".join(f"{v:g}" for v in boxes[box])
+            raise TSVFormatError(f"{where}: box {box} (x1, y1, x2, y2) = ({corners}) {what}")
+
+
+def _text_line(raw: bytes, path: str, row: int) -> str:
+    """One row as text, or a :class:`TSVFormatError` naming the row of a binary (or wrongly encoded) file."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TSVFormatError(f"{path}, row {row}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                             f"{exc.start + 1}); expected tab-separated bottom-up-attention fields (is it a binary "
+                             "file?)") from None
+    if "\0" in line:
+        raise TSVFormatError(f"{path}, row {row}: holds a NUL byte; expected tab-separated bottom-up-attention "
+                             "fields (is it a binary file?)")
+    return line
 
 
 def _plausible(item: dict[str, str]) -> bool:
@@ -212,8 +273,9 @@ def read_tsv(path: str | os.PathLike[str]) -> Iterator[TSVRow]:
         TSVFormatError: On the first malformed row.
     """
     parser = _RowParser(str(path))
-    with open(path, encoding="utf-8") as handle:
-        for row, line in enumerate(handle, start=1):
+    with _open_binary(Path(path)) as handle:
+        for row, raw in enumerate(handle, start=1):
+            line = _text_line(raw, str(path), row)
             if (row == 1 and _is_header(line)) or not line.strip():
                 continue
             yield parser(line, row)
@@ -252,10 +314,15 @@ def write_tsv(path: str | os.PathLike[str], rows: list[TSVRow]) -> None:
                                         row.labels or None) + "\n")
 
 
-def _open_text(path: Path) -> TextIO:
+def _open_binary(path: Path) -> BinaryIO:
+    """Open a TSV file for reading rows as bytes (each decoded by :func:`_text_line`, so errors name the row)."""
     if not path.is_file():
-        raise FeaturesError(f"TSV file {path} not found")
-    return open(path, encoding="utf-8")
+        raise TSVFormatError(f"TSV file {path} " + ("is a folder; expected a .tsv file" if path.is_dir() else
+                                                     "not found"))
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise TSVFormatError(f"TSV file {path} cannot be read: {exc.strerror or exc}") from None
 
 
 def import_tsv(tsv_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, shard_size: int = 1000,
@@ -281,7 +348,7 @@ def import_tsv(tsv_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     if shard_size < 1:
         raise FeaturesError(f"shard_size must be at least 1, got {shard_size}")
     tsv_path, directory = Path(tsv_path), Path(out_dir)
-    handle = _open_text(tsv_path)
+    handle = _open_binary(tsv_path)
     try:
         prepare_output_dir(directory, overwrite=overwrite, owned=is_store_file)
     except BaseException:
@@ -292,14 +359,16 @@ def import_tsv(tsv_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     region_counts: set[int] = set()
     writer: ShardWriter | None = None
     failed: list[dict[str, Any]] = []
+    all_failed: list[dict[str, Any]] = []
     num_shards = 0
     bar = tqdm(unit="img", disable=not progress, desc="import-tsv")
     try:
         with handle:
-            for row_number, line in enumerate(handle, start=1):
-                if (row_number == 1 and _is_header(line)) or not line.strip():
-                    continue
+            for row_number, raw in enumerate(handle, start=1):
                 try:
+                    line = _text_line(raw, str(tsv_path), row_number)
+                    if (row_number == 1 and _is_header(line)) or not line.strip():
+                        continue
                     row = parser(line, row_number)
                     if row.image_id in seen:
                         raise TSVFormatError(f"{tsv_path}, row {row_number}: image id {row.image_id!r} already used "
@@ -308,8 +377,9 @@ def import_tsv(tsv_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
                     if on_error == "fail":
                         raise
                     logger.warning("skipping %s", exc)
-                    first = line.split("\t", 1)[0]
-                    failed.append({"row": row_number, "image_id": first[:200], "reason": str(exc)})
+                    first = raw.split(b"\t", 1)[0][:200].decode("utf-8", "replace")
+                    failed.append({"row": row_number, "image_id": first, "reason": str(exc)})
+                    all_failed.append(failed[-1])
                     if writer is None:
                         writer = ShardWriter(directory, num_shards)
                     continue
@@ -326,16 +396,22 @@ def import_tsv(tsv_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
                 if len(writer.ids) == shard_size:
                     writer.commit(failed)
                     writer, failed, num_shards = None, [], num_shards + 1
+            if not seen:
+                what = (f"all {len(all_failed)} rows are malformed (first: {all_failed[0]['reason']})" if all_failed
+                        else "the file holds no rows")
+                raise TSVFormatError(f"{tsv_path}: no valid rows: {what}; expected bottom-up-attention rows with "
+                                     f"{len(LXMERT_FIELDS)} or {len(BUTD_FIELDS)} tab-separated fields")
             if writer is not None:
                 writer.commit(failed)
                 writer, num_shards = None, num_shards + 1
-    finally:
+    except BaseException:
         if writer is not None:
             writer.abort()
+        with contextlib.suppress(FeaturesError):  # leave the folder empty, so the fixed rerun is not refused
+            prepare_output_dir(directory, overwrite=True, owned=is_store_file)
+        raise
+    finally:
         bar.close()
-    if not seen:
-        raise TSVFormatError(f"{tsv_path}: no valid rows (expected bottom-up-attention rows with "
-                             f"{len(LXMERT_FIELDS)} or {len(BUTD_FIELDS)} tab-separated fields)")
     plan = make_plan(
         backend="butd-tsv",
         settings={"layout": "lxmert-10-field" if parser.fields is LXMERT_FIELDS else "butd-6-field",
