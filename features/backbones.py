@@ -133,7 +133,8 @@ def _timm_weights_file(model: str, weights: str | os.PathLike[str] | None,
 
     if weights is not None:
         if not Path(weights).is_file():
-            raise WeightsError(f"weights file {weights} for backbone timm:{model} not found")
+            raise WeightsError(f"weights file {weights} for backbone timm:{model} not found"
+                               + (" (it is a folder; expected a state-dict file)" if Path(weights).is_dir() else ""))
         return str(weights), "file"
     if random_weights:
         return None, "random"

@@ -121,7 +121,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         raise WeightsError(f"weights file {path} holds Python objects other than tensors and was refused "
                            f"(weights_only loading, no code ran): {reason}") from None
     except Exception as exc:  # any decoding failure is the file's fault, not ours
-        detail = " ".join(str(exc).split())[:200] or "no detail"
+        detail = " ".join(str(exc).split()).split(". ", 1)[0][:200] or "no detail"  # the first sentence
         raise WeightsError(f"weights file {path} is not {expected} or is damaged ({type(exc).__name__}: {detail})"
                            ) from exc
     for wrapper in ("state_dict", "model"):

@@ -96,7 +96,7 @@ def folder_records(root: str | os.PathLike[str], skipped: list[dict[str, str]] |
         left_out.append({"path": where, "reason": f"cannot be listed: {error.strerror or error}"})
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
-        dirnames.sort()
+        dirnames.sort(key=lambda name: (os.path.islink(os.path.join(dirpath, name)), name))  # real folders first
         here = os.path.realpath(dirpath)
         for name in list(dirnames):
             real = os.path.realpath(os.path.join(dirpath, name))
