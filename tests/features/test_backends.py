@@ -85,7 +85,7 @@ def test_weights_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match=r"missing\.pth.*not found"):
         create_backbone("timm:resnet18", weights=tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match=r"junk\.pth could not be read"):
+    with pytest.raises(WeightsError, match=r"junk\.pth is not a state dict of tensors .*: it starts with"):
         create_backbone("torchvision:resnet18", weights=tmp_path / "junk.pth")
     with pytest.raises(WeightsError, match="timm has no model"):
         create_backbone("timm:no_such_net", random_weights=True)
