@@ -154,7 +154,9 @@ def _backends(selected: list[str] | None) -> list[tuple[str, str, dict]]:
 
     rows = [("patches", "patches", {}), ("grid", "grid", dict(EASY_VQA_GRID)),
             ("grid-random", "grid", {**EASY_VQA_GRID, "random_weights": True}),
-            ("grid-224", "grid", dict(GRID_DEFAULTS))]
+            ("grid-224", "grid", dict(GRID_DEFAULTS)),
+            ("grid-colour", "grid", {**EASY_VQA_GRID, "colour_stats": True}),
+            ("grid-nocolour", "grid", {**EASY_VQA_GRID, "colour_stats": False})]
     chosen = selected or ["patches", "grid", "grid-random"]
     unknown = sorted(set(chosen) - {name for name, _, _ in rows})
     if unknown:

@@ -5,10 +5,18 @@ Text sources (each yields :class:`TextExample`):
 
 * ``easy-vqa`` (built in): the ``easy_vqa`` package's questions and answers; its features are extracted on first use
   into a cache folder and reused afterwards;
+* ``easy-vqa-captions`` (built in): captions of the same images, the stand-in for the COCO/Visual Genome captions
+  LXMERT pretrains on. easy-VQA has no captions, but each image's colour and shape are told by its own answers
+  (:func:`downstream.statements.read_image_attributes`), so every image gets :data:`EASY_VQA_CAPTIONS` ("a red
+  circle", ...). Questions alone teach little grounding: "is there a red shape?" names a colour the image mostly does
+  not have, so neither masked words nor image-text matching can be learnt from it; a caption's masked colour word can
+  only be recovered from the image, and a mismatched caption is really false;
 * VQA v2: the official questions json (``{"questions": [{image_id, question, question_id}]}``) with its annotations
   json (``{"annotations": [{question_id, answers: [{answer}], ...}]}``);
 * COCO captions: ``{"annotations": [{image_id, caption}]}``;
 * JSONL: one ``{"image_id", "text", "answers"?}`` per line.
+
+Several sources joined by ``+`` (``easy-vqa+easy-vqa-captions``, the presets' default) are read one after another.
 
 Texts whose image is not in the store are counted, listed (the first few ids) and reported, never dropped silently.
 A batch pads text to its longest text and regions to its most regions (``region_mask`` marks the real ones), so stores
@@ -37,7 +45,13 @@ from pretraining.masking import MaskingConfig, mask_regions, mask_tokens
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("easy-vqa", "vqa-v2", "coco-captions", "jsonl")
+FORMATS = ("easy-vqa", "easy-vqa-captions", "vqa-v2", "coco-captions", "jsonl")
+
+#: Built-in text sources (their features come from the built-in easy-VQA extraction).
+BUILTIN_TEXTS = ("easy-vqa", "easy-vqa-captions")
+
+#: Caption templates of ``easy-vqa-captions``: every image gets one of each.
+EASY_VQA_CAPTIONS = ("a {colour} {shape}", "the {shape} is {colour}", "this image shows a {colour} {shape}")
 
 
 @dataclass
@@ -71,6 +85,29 @@ def read_easy_vqa(split: str) -> list[TextExample]:
     from downstream.vqa import read_easy_vqa as read
 
     return _from_vqa(read(split))
+
+
+def read_easy_vqa_captions(split: str) -> list[TextExample]:
+    """Captions of easy-VQA's images, :data:`EASY_VQA_CAPTIONS` filled with each image's colour and shape as told by
+    its own answers (images whose colour or shape cannot be read are counted and logged by
+    :func:`downstream.statements.read_image_attributes`' report, and get no caption)."""
+    from downstream.statements import read_image_attributes
+    from downstream.vqa import read_easy_vqa as read
+
+    attributes, report = read_image_attributes(read(split))
+    missing = report.images - report.images_used
+    if missing:
+        logger.info("easy-vqa-captions %s: %d of %d images have no caption (colour or shape not told by their "
+                    "answers: %d without a colour, %d without a shape, %d conflicting)", split, missing,
+                    report.images, report.no_colour, report.no_shape, report.conflicting)
+    ids = sorted(attributes, key=lambda i: (len(i), i))
+    return [TextExample(i, t.format(colour=attributes[i][0], shape=attributes[i][1]))
+            for i in ids for t in EASY_VQA_CAPTIONS]
+
+
+def is_builtin(spec: str) -> bool:
+    """Whether every source of ``spec`` is built in (so its features are the built-in easy-VQA extraction)."""
+    return all(part in BUILTIN_TEXTS for part in spec.split("+"))
 
 
 def read_jsonl(path: str | Path) -> list[TextExample]:
@@ -121,10 +158,15 @@ def read_vqa_v2(questions: str | Path, annotations: str | Path | None) -> list[T
 
 
 def read_texts(spec: str, split: str = "train") -> list[TextExample]:
-    """Texts from ``spec``: ``easy-vqa``; a ``.jsonl`` file; a COCO captions json; or
-    ``QUESTIONS.json,ANNOTATIONS.json`` (VQA v2). A plain ``.json`` with ``questions`` is VQA v2 without answers."""
+    """Texts from ``spec``: ``easy-vqa``; ``easy-vqa-captions``; a ``.jsonl`` file; a COCO captions json; or
+    ``QUESTIONS.json,ANNOTATIONS.json`` (VQA v2). A plain ``.json`` with ``questions`` is VQA v2 without answers.
+    Sources joined by ``+`` are read in turn and concatenated."""
+    if "+" in spec:
+        return [e for part in spec.split("+") for e in read_texts(part, split)]
     if spec == "easy-vqa":
         return read_easy_vqa(split)
+    if spec == "easy-vqa-captions":
+        return read_easy_vqa_captions(split)
     if "," in spec:
         q, a = spec.split(",", 1)
         return read_vqa_v2(q, a)
@@ -136,7 +178,7 @@ def read_texts(spec: str, split: str = "train") -> list[TextExample]:
         if isinstance(data, dict) and "questions" in data:
             return read_vqa_v2(path, None)
         return read_coco_captions(path)
-    raise DataError(f"{spec}: unknown text format; expected easy-vqa, a .jsonl file, a COCO captions .json, or "
+    raise DataError(f"{spec}: unknown text format; expected easy-vqa, easy-vqa-captions, a .jsonl file, a COCO captions .json, or "
                     "QUESTIONS.json,ANNOTATIONS.json (VQA v2)")
 
 

@@ -25,7 +25,7 @@ from vlm.engine.loader import eval_batches
 from vlm.engine.trainer import Trainer
 from vlm.errors import DataError
 from vlm.io import write_text
-from pretraining.data import PretrainData, answer_table, read_texts
+from pretraining.data import PretrainData, answer_table, is_builtin, read_texts
 from pretraining.masking import MaskingConfig
 from pretraining.objectives import build_objectives
 from pretraining.task import PretrainTask
@@ -37,8 +37,10 @@ logger = logging.getLogger(__name__)
 class DataConfig:
     """Where the texts and their region features come from."""
 
-    texts: str = "easy-vqa"  # easy-vqa | FILE.jsonl | COCO captions .json | QUESTIONS.json,ANNOTATIONS.json (VQA v2)
-    eval_texts: str = ""  # held-out texts in the same formats ("" with easy-vqa: its test split; else no eval)
+    # easy-vqa | easy-vqa-captions | FILE.jsonl | COCO captions .json | QUESTIONS.json,ANNOTATIONS.json (VQA v2);
+    # several joined by "+"
+    texts: str = "easy-vqa+easy-vqa-captions"
+    eval_texts: str = ""  # held-out texts in the same formats ("" with built-in texts: their test split; else no eval)
     features: str = ""  # feature store of the training images ("" with easy-vqa: built-in, extracted on first use)
     eval_features: str = ""  # feature store of the held-out images ("": same as features, or built-in)
     cache_dir: str = ""  # where built-in features are extracted ("": ~/.cache/vlm, set by the CLI)
@@ -202,11 +204,11 @@ class PretrainRun:
         tokenizer = vlm.load_tokenizer()
         d = cfg.data
         cache = d.cache_dir or str(Path.home() / ".cache" / "vlm")
-        builtin = d.texts == "easy-vqa"
+        builtin = is_builtin(d.texts)
         train_texts = read_texts(d.texts, "train")
         if d.train_limit:
             train_texts = train_texts[:d.train_limit]
-        eval_spec = d.eval_texts or ("easy-vqa" if builtin else "")
+        eval_spec = d.eval_texts or (d.texts if builtin else "")
         eval_texts = read_texts(eval_spec, "test") if eval_spec else []
         if d.eval_limit:
             eval_texts = eval_texts[:d.eval_limit]
@@ -218,7 +220,7 @@ class PretrainRun:
             raise DataError(f"data.features: a feature store folder is needed for {d.texts} (vlm extract makes one)")
         if d.eval_features:
             eval_store_dir = Path(d.eval_features)
-        elif eval_spec == "easy-vqa" and not d.features:
+        elif is_builtin(eval_spec) and not d.features:
             eval_store_dir = builtin_store("test", cache, d.backend, dist)
         else:
             eval_store_dir = train_store_dir

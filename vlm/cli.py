@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=["lxmert", "vilbert"], default=None,
                    help="architecture; picks configs/pretrain/<arch>.yaml unless --config is given")
     p.add_argument("--config", default=None, help="pretraining preset name (configs/pretrain) or YAML file")
-    p.add_argument("--data", default=None, help="texts: easy-vqa, FILE.jsonl, captions.json or Q.json,A.json")
+    p.add_argument("--data", default=None, help="texts: easy-vqa, easy-vqa-captions, FILE.jsonl, captions.json or "
+                   "Q.json,A.json; join several with +")
     p.add_argument("--features", default=None, help="feature store folder of the training images")
     p.add_argument("--out", default=None, help="run folder (default: train.out_dir of the config)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")

@@ -1,0 +1,40 @@
+"""Per-box colour statistics of the grid backend (``colour_stats``): exact moments on pixel-aligned boxes."""
+
+from __future__ import annotations
+
+import torch
+
+from features.backends import COLOUR_STATS_DIM, box_colour_stats, create_extractor
+
+
+def test_moments_of_uniform_and_two_colour_boxes():
+    img = torch.zeros(1, 3, 16, 16)
+    img[:, 0, :, :8] = 1.0  # left half: channel 0 = 1; right half: 0
+    img[:, 1] = 0.25
+    boxes = torch.tensor([[[0.0, 0.0, 8.0, 16.0], [8.0, 0.0, 16.0, 16.0], [0.0, 0.0, 16.0, 16.0]]])
+    stats = box_colour_stats(img, boxes)
+    assert stats.shape == (1, 3, COLOUR_STATS_DIM)
+    left, right, whole = stats[0]
+    torch.testing.assert_close(left, torch.tensor([1.0, 0.25, 0.0, 0.0, 0.0, 0.0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(right, torch.tensor([0.0, 0.25, 0.0, 0.0, 0.0, 0.0]), atol=1e-5, rtol=0)
+    # Half ones, half zeros: mean 0.5, standard deviation 0.5.
+    torch.testing.assert_close(whole, torch.tensor([0.5, 0.25, 0.0, 0.5, 0.0, 0.0]), atol=1e-5, rtol=0)
+
+
+def test_grid_backend_appends_the_stats_of_its_own_boxes():
+    plain = create_extractor("grid", backbone="efficientnet_lite0", random_weights=True, image_size=64, grid=2)
+    coloured = create_extractor("grid", backbone="efficientnet_lite0", random_weights=True, image_size=64, grid=2,
+                                colour_stats=True)
+    assert coloured.feature_dim == plain.feature_dim + COLOUR_STATS_DIM
+    assert coloured.settings()["colour_stats"] is True and "colour_stats" not in plain.settings()
+    images = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    images[0, 0, :32, :32] = 255  # image 0: top-left cell pure red on black; image 1 all black
+    a, b = plain.extract(images), coloured.extract(images)
+    assert (b.feats[..., :plain.feature_dim] == a.feats).all()  # the CNN part is unchanged
+    stats = torch.from_numpy(b.feats[..., plain.feature_dim:].astype("float32"))
+    mean, std = coloured.backbone.mean, coloured.backbone.std
+    red = [(1.0 - mean[0]) / std[0], -mean[1] / std[1], -mean[2] / std[2]]
+    black = [-m / s for m, s in zip(mean, std)]
+    torch.testing.assert_close(stats[0, 0, :3], torch.tensor(red), atol=2e-2, rtol=0)  # float16 storage
+    torch.testing.assert_close(stats[1, 0, :3], torch.tensor(black), atol=2e-2, rtol=0)
+    assert stats[..., 3:].abs().max() < 2e-2  # every cell is one colour
