@@ -7,11 +7,14 @@ Prints, from one run (ratios are what to compare; these machines are noisy):
 2. the engine's ``Trainer.train_step`` vs a bare loop (autocast forward, backward, clip, AdamW step) on the same
    in-memory batches — target >= 0.97;
 3. peak RSS (VmHWM) of DataLoader worker processes reading a store 1x and 4x as large (same texts) — target flat
-   (within 5%).
+   (within 5%);
+4. the cost of the store's per-sample xxh3_64 checksum (format 2: every sample read is checked against the checksum its
+   writer recorded): ``FeatureStore[id]`` over the whole store and ``stream()`` with the check vs ``verify=False``,
+   and the engine step with store + loader checked vs unchecked — target cost < 3%.
 
 Variants are interleaved round by round and the median of the rounds is reported.
 
-    python bench/pipeline.py [--steps 8] [--rounds 3] [--arch lxmert] [--workers 0]
+    python bench/pipeline.py [--steps 8] [--rounds 3] [--arch lxmert] [--workers 0] [--skip-rss]
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import vlm  # noqa: E402
 from features.extract import extract  # noqa: E402
-from features.store import FeatureStore  # noqa: E402
+from features.store import FeatureStore, stream  # noqa: E402
 from pretraining.data import PretrainData, answer_table, read_easy_vqa  # noqa: E402
 from pretraining.objectives import build_objectives  # noqa: E402
 from pretraining.task import PretrainTask  # noqa: E402
@@ -85,6 +88,18 @@ def worker_peak_rss(data: PretrainData, batches: int, workers: int = 2) -> float
     return max(peaks)
 
 
+def read_rate(read, rounds: int) -> dict[str, list[float]]:
+    """Samples/s of ``read(verify)`` (which returns the samples it read) with and without the check, interleaved."""
+    rates: dict[str, list[float]] = {"checked": [], "unchecked": []}
+    read(True)  # warm the page cache
+    for _ in range(rounds):
+        for name, verify in (("checked", True), ("unchecked", False)):
+            start = time.perf_counter()
+            n = read(verify)
+            rates[name].append(n / (time.perf_counter() - start))
+    return rates
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="lxmert", choices=["lxmert", "vilbert"])
@@ -93,6 +108,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="loader workers of the store variant")
     ap.add_argument("--rss-batches", type=int, default=60, help="batches read before measuring worker RSS")
     ap.add_argument("--root", default=None, help="folder for the benchmark's feature stores (default: a temp dir)")
+    ap.add_argument("--skip-rss", action="store_true", help="skip 3. (it extracts a store 4x as large)")
     args = ap.parse_args()
     torch.manual_seed(0)
     root = Path(args.root or tempfile.mkdtemp(prefix="vlm-bench-"))
@@ -123,9 +139,11 @@ def main() -> None:
         bare_opt.step()
         bare_opt.zero_grad(set_to_none=True)
 
-    def run_store(r):
+    unchecked = PretrainData(texts, FeatureStore(store1, verify=False), tok, answers, seed=0)
+
+    def run_store(r, source=data):
         start = time.perf_counter()
-        for i, batch in enumerate(epoch_loader(data, plan, 1 + r, start=0, num_workers=args.workers)):
+        for i, batch in enumerate(epoch_loader(source, plan, 1 + r, start=0, num_workers=args.workers)):
             trainer.train_step([batch])
             if i + 1 == n:
                 break
@@ -144,11 +162,12 @@ def main() -> None:
         return n / (time.perf_counter() - start)
 
     run_memory(0)  # warm-up (allocator, oneDNN kernels)
-    rates = {"store": [], "memory": [], "bare": []}
+    rates = {"store": [], "memory": [], "bare": [], "store_unchecked": []}
     for r in range(args.rounds):
         rates["store"].append(run_store(r))
         rates["memory"].append(run_memory(r))
         rates["bare"].append(run_bare(r))
+        rates["store_unchecked"].append(run_store(r, unchecked))
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(f"# {args.arch}-mini pretraining, batch 64, precision {cfg.precision}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds of {n} steps")
@@ -158,6 +177,32 @@ def main() -> None:
           f"{med['store'] / med['memory']:>8.3f}  >= 0.95")
     print(f"{'bare loop, batches in memory':<44}{med['bare']:>9.3f}{1.0:>8.3f}")
     print(f"{'engine step vs bare loop':<44}{med['memory']:>9.3f}{med['memory'] / med['bare']:>8.3f}  >= 0.97")
+
+    ids = list(FeatureStore(store1).ids())
+    stores = {True: FeatureStore(store1), False: FeatureStore(store1, verify=False)}
+
+    def random_access(verify):
+        store = stores[verify]
+        for image_id in ids:
+            store[image_id]
+        return len(ids)
+
+    def streamed(verify):
+        return sum(1 for _ in stream(store1, shuffle=False, verify=verify))
+
+    reads = {"FeatureStore[id], every id": random_access, "stream(), every sample": streamed}
+    read_rates = {name: read_rate(read, max(args.rounds, 5)) for name, read in reads.items()}
+    sample_kib = sum(f.stat().st_size for f in Path(store1).glob("*.tar")) / len(ids) / 1024
+    print(f"# per-sample checksum (xxh3_64) of store reads ({len(ids)} samples of {sample_kib:.0f} KiB, page cache "
+          f"warm, median of {max(args.rounds, 5)} interleaved rounds)")
+    print(f"{'variant':<44}{'checked/s':>11}{'unchecked/s':>13}{'ratio':>8}  target")
+    for name, r in read_rates.items():
+        on, off = statistics.median(r["checked"]), statistics.median(r["unchecked"])
+        print(f"{name:<44}{on:>11.0f}{off:>13.0f}{on / off:>8.3f}  cost < 3% of a bare read")
+    on, off = med["store"], statistics.median(rates["store_unchecked"])
+    print(f"{'engine step, store + loader (steps/s)':<44}{on:>11.3f}{off:>13.3f}{on / off:>8.3f}  >= 0.97")
+    if args.skip_rss:
+        return
 
     store4 = build_store(root, 4)
     rss = {}

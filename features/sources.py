@@ -7,8 +7,8 @@ Three kinds of source are understood, each named by one string (the ``--source``
   image id is the original integer id written as a decimal string (``"0"``, ``"17"``, ...), the join key with the
   easy-VQA question files.
 * a directory — searched recursively for images with a common extension (see :data:`IMAGE_EXTENSIONS`), following
-  symlinks but entering each real folder once (a symlink loop is skipped and reported, not walked 40 times). The image id
-  is the path relative to the directory, with ``/`` separators and without the extension; for a flat folder of COCO
+  symlinks but entering each real folder once (a symlink loop is skipped and reported, not walked 40 times). The image
+  id is the path relative to the directory, with ``/`` separators and without the extension; for a flat folder of COCO
   images that is the file stem (``COCO_val2014_000000000042``), the id used by LXMERT's annotation files.
 * a list file — UTF-8 text, one ``image_id<TAB>path`` per line; relative paths are resolved against the list file's
   folder; blank lines and lines starting with ``#`` are ignored. Ids are kept exactly as written.

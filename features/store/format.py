@@ -12,8 +12,9 @@ same inputs give byte-identical shards. This module holds no state and does no I
 Format versions (the manifest's ``version``):
 
 * 1 — shards, sidecars (ids, offsets, sizes), the index, a sha256 per shard;
-* 2 — adds a crc32 of every sample's bytes (:func:`sample_crc`, the three members with their tar headers) to the
-  sidecar (``"crc32"``) and to the index (:data:`INDEX_DTYPE`), so both readers check each sample as they read it. A
+* 2 — adds a checksum of every sample's bytes (:func:`sample_checksum`: xxh3_64 of the three members with their tar
+  headers) to the
+  sidecar (``"xxh3_64"``) and to the index (:data:`INDEX_DTYPE`), so both readers check each sample as they read it. A
   version-1 store is still read, unverified and with a warning; ``vlm features inspect DIR --reindex`` adds the
   checksums once its shards match their sha256.
 """
@@ -24,18 +25,18 @@ import hashlib
 import io
 import json
 import tarfile
-import zlib
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+import xxhash
 
 from features.errors import ShardError, StoreError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_DTYPE", "INDEX_DTYPE_V1", "INDEX_ENTRIES", "INDEX_HASH", "LOCK", "MANIFEST",
-           "decode_sample", "encode_key", "encode_sample", "id_hash", "is_store_file", "npy_bytes", "parse_members",
-           "sample_crc", "shard_name", "sidecar_name", "tar_header"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_DTYPE", "INDEX_DTYPE_V1", "INDEX_ENTRIES", "INDEX_HASH", "LOCK",
+           "MANIFEST", "decode_sample", "encode_key", "encode_sample", "id_hash", "is_store_file", "npy_bytes",
+           "parse_members", "sample_checksum", "shard_name", "sidecar_name", "tar_header"]
 
 FORMAT = "vlm-features"
 FORMAT_VERSION = 2
@@ -44,8 +45,8 @@ INDEX_HASH = "index-hash.npy"
 INDEX_ENTRIES = "index-entries.npy"
 LOCK = ".lock"
 #: One row of the random-access index (beside the sorted first hash): second hash, shard, sample bytes, offset, and
-#: the crc32 of the sample's bytes.
-INDEX_DTYPE = np.dtype([("hash2", "<u8"), ("shard", "<u4"), ("size", "<u4"), ("offset", "<u8"), ("crc32", "<u4")])
+#: the checksum of the sample's bytes.
+INDEX_DTYPE = np.dtype([("hash2", "<u8"), ("shard", "<u4"), ("size", "<u4"), ("offset", "<u8"), ("xxh3_64", "<u8")])
 #: The index row of format version 1 (no checksum).
 INDEX_DTYPE_V1 = np.dtype([("hash2", "<u8"), ("shard", "<u4"), ("size", "<u4"), ("offset", "<u8")])
 
@@ -81,9 +82,14 @@ def id_hash(image_id: str) -> tuple[int, int]:
     return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
 
 
-def sample_crc(data: bytes) -> int:
-    """The checksum of one sample's tar bytes (crc32: about 4 GB/s, a few microseconds for a 36 x 2048 sample)."""
-    return zlib.crc32(data)
+def sample_checksum(data: bytes) -> int:
+    """The checksum of one sample's tar bytes: xxh3_64, a 64-bit non-cryptographic hash.
+
+    Why xxh3 and not ``zlib.crc32``: on 2 shared cores crc32 ran at about 4 GB/s (8.7 us for a 29 KiB sample, 35 us
+    for a 36 x 2048 float16 one), which is 8% of a bare ``FeatureStore[id]`` read of the smaller; xxh3_64 took 0.6 and
+    2.8 us. It detects accidental damage (bit rot, a torn copy), not tampering.
+    """
+    return xxhash.xxh3_64_intdigest(data)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -1,8 +1,8 @@
 """The random-access index: image id -> (shard, byte offset, length), memory-mapped by every reader process.
 
 ``index-hash.npy`` holds the sorted first 64-bit hash of every id; ``index-entries.npy`` the second hash, shard number,
-sample length, offset and crc32 in the same order (:data:`~features.store.format.INDEX_DTYPE`; a format-1 store has
-no crc32 column). A lookup is a binary search
+sample length, offset and checksum in the same order (:data:`~features.store.format.INDEX_DTYPE`; a format-1 store has
+no checksum column). A lookup is a binary search
 over the first hash, confirmed by the second (128 bits in all), so a process holds no per-image Python objects — only
 the OS page cache of two arrays, shared by all DataLoader workers.
 """
@@ -27,16 +27,16 @@ __all__ = ["StoreIndex", "build_index"]
 def build_index(directory: str | os.PathLike[str], records: Sequence[dict[str, Any]]) -> None:
     """Write the memory-mapped random-access index from the sidecars of all shards.
 
-    The per-sample crc32 column is written when every sidecar has one (format 2); otherwise the format-1 layout.
+    The per-sample checksum column is written when every sidecar has one (format 2); otherwise the format-1 layout.
 
     Raises:
         StoreError: If an image id occurs twice.
     """
     directory = Path(directory)
     total = sum(r["num_samples"] for r in records)
-    with_crc = all("crc32" in r for r in records)
+    with_checksum = all("xxh3_64" in r for r in records)
     hash1 = np.empty(total, dtype="<u8")
-    entries = np.empty(total, dtype=INDEX_DTYPE if with_crc else INDEX_DTYPE_V1)
+    entries = np.empty(total, dtype=INDEX_DTYPE if with_checksum else INDEX_DTYPE_V1)
     ids: list[str] = []
     row = 0
     for record in records:
@@ -47,8 +47,8 @@ def build_index(directory: str | os.PathLike[str], records: Sequence[dict[str, A
         entries["shard"][row:row + n] = record["index"]
         entries["size"][row:row + n] = record["sizes"]
         entries["offset"][row:row + n] = record["offsets"]
-        if with_crc:
-            entries["crc32"][row:row + n] = record["crc32"]
+        if with_checksum:
+            entries["xxh3_64"][row:row + n] = record["xxh3_64"]
         ids.extend(record["ids"])
         row += n
     order = np.lexsort((entries["hash2"], hash1))
@@ -89,11 +89,11 @@ class StoreIndex:
         if self.entries.dtype not in (INDEX_DTYPE, INDEX_DTYPE_V1):
             raise StoreError(f"feature store {directory}: {INDEX_ENTRIES} has an unknown layout; run "
                              f"`vlm features inspect {directory} --reindex`")
-        #: Whether each entry carries the crc32 of its sample (format 2).
-        self.has_crc = "crc32" in self.entries.dtype.names
+        #: Whether each entry carries the checksum of its sample (format 2).
+        self.has_checksum = "xxh3_64" in self.entries.dtype.names
 
     def find(self, image_id: str) -> np.void | None:
-        """The index entry of ``image_id`` (``hash2``, ``shard``, ``size``, ``offset``[, ``crc32``]), or ``None``."""
+        """The index entry of ``image_id`` (``hash2``, ``shard``, ``size``, ``offset``[, ``xxh3_64``]), or ``None``."""
         h1, h2 = id_hash(image_id)
         lo = int(np.searchsorted(self.hash1, np.uint64(h1), side="left"))
         while lo < len(self.hash1) and int(self.hash1[lo]) == h1:

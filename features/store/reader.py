@@ -1,6 +1,6 @@
 """Random access to a finished store by image id: :class:`FeatureStore`.
 
-Every sample read is checked against the crc32 its writer recorded (format 2), so a damaged shard raises
+Every sample read is checked against the checksum (xxh3_64) its writer recorded (format 2), so a damaged shard raises
 :class:`~features.errors.ShardError` naming the shard, the byte range and the image instead of returning wrong numbers.
 The check costs about 1% of a read (``bench/pipeline.py`` prints the ratio); ``verify=False`` turns it off.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from features.errors import ShardError
-from features.store.format import decode_sample, parse_members, sample_crc
+from features.store.format import decode_sample, parse_members, sample_checksum
 from features.store.index import StoreIndex
 from features.store.manifest import load_manifest
 from features.store.verify import check_shard_size
@@ -46,13 +46,13 @@ class FeatureStore(Mapping[str, dict[str, Any]]):
     Iterating yields image ids in shard order. A lookup searches the memory-mapped index and reads the sample with a
     single ``pread``. Safe to use from DataLoader workers (files are reopened per process; picklable for ``spawn``).
 
-    Every sample is checked against its recorded crc32 as it is read (format 2; a format-1 store is read unchecked,
+    Every sample is checked against its recorded checksum as it is read (format 2; a format-1 store is read unchecked,
     with a warning, until ``vlm features inspect DIR --reindex`` adds the checksums).
 
     Args:
         directory: The store directory.
         max_open_files: Shard files kept open per process.
-        verify: Check each sample's crc32 (on by default; off only to measure what the check costs).
+        verify: Check each sample's checksum (on by default; off only to measure what the check costs).
 
     Raises:
         StoreError: If the store is missing, unfinished, or its manifest or index is damaged.
@@ -71,8 +71,8 @@ class FeatureStore(Mapping[str, dict[str, Any]]):
             if not path.with_suffix(".json").is_file():
                 load_sidecar(path)  # raises, naming the shard and its sidecar
         self._index = StoreIndex(self.directory, int(self.manifest["num_samples"]))
-        self.verify = verify and self._index.has_crc
-        if verify and not self._index.has_crc:
+        self.verify = verify and self._index.has_checksum
+        if verify and not self._index.has_checksum:
             warn_unverified(self.directory)
         self.max_open_files = max_open_files
         self._fds: dict[int, int] = {}
@@ -116,9 +116,10 @@ class FeatureStore(Mapping[str, dict[str, Any]]):
         if len(data) != size:
             raise ShardError(f"shard {path} is truncated: sample {image_id!r} needs bytes {offset}..{offset + size} "
                              f"but the file has {path.stat().st_size} bytes")
-        if self.verify and sample_crc(data) != int(entry["crc32"]):
+        if self.verify and sample_checksum(data) != int(entry["xxh3_64"]):
             raise ShardError(f"shard {path} is damaged: sample {image_id!r} (bytes {offset}..{offset + size}) fails "
-                             f"its checksum (crc32 {sample_crc(data):08x}, recorded {int(entry['crc32']):08x}); "
+                             f"its checksum (xxh3_64 {sample_checksum(data):016x}, recorded "
+                             f"{int(entry['xxh3_64']):016x}); "
                              f"re-extract the shard (`vlm features inspect {self.directory}` lists the damaged ones)")
         try:
             members = parse_members(data)

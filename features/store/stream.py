@@ -3,7 +3,7 @@
 Stages: shard list (per-epoch permutation, or resampled with replacement) -> split by node -> split by worker ->
 read shards -> shuffle buffer -> decode.
 
-Shards are read sample by sample at the byte ranges their sidecar records, each sample checked against its crc32
+Shards are read sample by sample at the byte ranges their sidecar records, each sample checked against its checksum
 (format 2), sizes and counts against the manifest; any mismatch is a :class:`~features.errors.ShardError` naming the
 shard (and the sample), so a damaged shard never feeds training silently. ``verify=False`` skips the checksums and
 also reads webdataset shards that have no sidecar (not written by vlm) through webdataset's own tar reader.
@@ -22,7 +22,7 @@ import torch.utils.data
 import webdataset as wds
 
 from features.errors import ShardError, StoreError
-from features.store.format import decode_sample, encode_key, parse_members, sample_crc
+from features.store.format import decode_sample, encode_key, parse_members, sample_checksum
 from features.store.manifest import load_manifest
 from features.store.reader import warn_unverified
 from features.store.verify import check_shard_size
@@ -56,7 +56,7 @@ class _ShardList(torch.utils.data.IterableDataset):
 
 
 class _ReadShards:
-    """Pipeline stage: yields each shard's raw samples, checked (sizes, counts, crc32); errors name the shard."""
+    """Pipeline stage: yields each shard's raw samples, checked (sizes, counts, checksums); errors name the shard."""
 
     def __init__(self, expected: dict[str, tuple[int, int]], verify: bool) -> None:
         self.expected = expected  # path -> (bytes, num_samples), empty when no manifest
@@ -82,14 +82,14 @@ class _ReadShards:
             elif len(record["ids"]) != expected[1]:
                 raise ShardError(f"shard {url} holds {len(record['ids'])} samples by its sidecar, the manifest records "
                                  f"{expected[1]}")
-            crcs = record.get("crc32") if self.verify else None
-            if self.verify and crcs is None:
+            checksums = record.get("xxh3_64") if self.verify else None
+            if self.verify and checksums is None:
                 warn_unverified(path.parent)
-            yield from _sidecar_samples(url, record, crcs)
+            yield from _sidecar_samples(url, record, checksums)
 
 
-def _sidecar_samples(url: str, record: dict[str, Any], crcs: list[int] | None) -> Iterator[dict[str, Any]]:
-    """The raw samples of one shard at its sidecar's byte ranges, each checked against ``crcs`` when given."""
+def _sidecar_samples(url: str, record: dict[str, Any], checksums: list[int] | None) -> Iterator[dict[str, Any]]:
+    """The raw samples of one shard at its sidecar's byte ranges, each checked against ``checksums`` when given."""
     with open(url, "rb") as handle:
         for n, (image_id, offset, size) in enumerate(zip(record["ids"], record["offsets"], record["sizes"])):
             handle.seek(offset)
@@ -97,9 +97,10 @@ def _sidecar_samples(url: str, record: dict[str, Any], crcs: list[int] | None) -
             if len(data) != size:
                 raise ShardError(f"shard {url} is truncated: sample {image_id!r} needs bytes {offset}..{offset + size}"
                                  f" but the file has {os.fstat(handle.fileno()).st_size} bytes")
-            if crcs is not None and sample_crc(data) != crcs[n]:
+            if checksums is not None and sample_checksum(data) != checksums[n]:
                 raise ShardError(f"shard {url} is damaged: sample {image_id!r} (bytes {offset}..{offset + size}) "
-                                 f"fails its checksum (crc32 {sample_crc(data):08x}, recorded {crcs[n]:08x}); "
+                                 f"fails its checksum (xxh3_64 {sample_checksum(data):016x}, recorded "
+                                 f"{checksums[n]:016x}); "
                                  "re-extract the shard (`vlm features inspect` lists the damaged ones)")
             try:
                 members = parse_members(data)
@@ -198,7 +199,7 @@ def stream(source: str | os.PathLike[str] | Sequence[str], *, shuffle: bool = Tr
             ``RANK``/``WORLD_SIZE`` variables of ``torchrun``).
         split_by_worker: Give each DataLoader worker a disjoint subset of shards.
         seed: Seed of the shard order and shuffle buffer.
-        verify: Check each sample's crc32 as it is read (needs the shards' sidecars). ``False`` skips the check and
+        verify: Check each sample's checksum as it is read (needs the shards' sidecars). ``False`` skips the check and
             also reads shards without a sidecar (webdataset shards not written by vlm).
 
     Returns:

@@ -11,7 +11,7 @@ import numpy as np
 
 from features.errors import ShardError
 from features.io import atomic_write_json, file_sha256
-from features.store.format import FORMAT_VERSION, INDEX_ENTRIES, INDEX_HASH, MANIFEST, sample_crc
+from features.store.format import FORMAT_VERSION, INDEX_ENTRIES, INDEX_HASH, MANIFEST, sample_checksum
 from features.store.index import build_index
 from features.store.manifest import load_manifest, store_lock
 from features.store.writer import load_sidecar
@@ -83,20 +83,20 @@ def verify_store(directory: str | os.PathLike[str]) -> list[tuple[str, str, str]
 
 
 def _damaged_samples(path: Path, record: dict[str, Any]) -> list[str]:
-    """Ids of the samples of a shard whose bytes fail their recorded crc32 (none known for a format-1 shard)."""
-    if "crc32" not in record:
+    """Ids of the samples of a shard whose bytes fail their recorded checksum (none known for a format-1 shard)."""
+    if "xxh3_64" not in record:
         return []
     with open(path, "rb") as handle:
-        return [image_id for image_id, offset, size, crc in
-                zip(record["ids"], record["offsets"], record["sizes"], record["crc32"])
-                if sample_crc(os.pread(handle.fileno(), size, offset)) != crc]
+        return [image_id for image_id, offset, size, checksum in
+                zip(record["ids"], record["offsets"], record["sizes"], record["xxh3_64"])
+                if sample_checksum(os.pread(handle.fileno(), size, offset)) != checksum]
 
 
 def reindex_store(directory: str | os.PathLike[str]) -> int:
     """Rebuild the random-access index of a complete store from its shard sidecars.
 
     A format-1 store is upgraded on the way: each shard without per-sample checksums is first checked against its
-    recorded sha256, then the crc32 of each of its samples is added to its sidecar, and the manifest's version is
+    recorded sha256, then the checksum of each of its samples is added to its sidecar, and the manifest's version is
     raised once every shard has them.
 
     Returns:
@@ -112,13 +112,13 @@ def reindex_store(directory: str | os.PathLike[str]) -> int:
     for info in manifest["shards"]:
         path = directory / info["name"]
         record = load_sidecar(path)
-        if "crc32" not in record:
+        if "xxh3_64" not in record:
             check_shard_size(path, info["bytes"])
             if file_sha256(path) != info["sha256"]:
                 raise ShardError(f"shard {path} does not match the sha256 its manifest records, so checksums cannot "
                                  "be added to it: re-extract it (delete it and its .json sidecar, rerun `vlm extract`)")
             with open(path, "rb") as handle:
-                record["crc32"] = [sample_crc(os.pread(handle.fileno(), size, offset))
+                record["xxh3_64"] = [sample_checksum(os.pread(handle.fileno(), size, offset))
                                    for offset, size in zip(record["offsets"], record["sizes"])]
             atomic_write_json(path.with_suffix(".json"), record, compact=True)
             upgraded += 1

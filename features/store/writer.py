@@ -1,9 +1,9 @@
 """Writing one shard: samples into ``shard-NNNNNN.tar.tmp``, then commit (tar renamed, sidecar written last).
 
-The sidecar ``shard-NNNNNN.json`` records the shard's ids, the byte offset, length and crc32 of each sample (for the
-random-access index and the readers' checks), its size and sha256; it is written after the tar is in place, so a shard
-without its sidecar is unfinished and is redone by the next run. :func:`load_sidecar` is the readers' way in: a
-missing or damaged sidecar of a finished store is a :class:`~features.errors.ShardError` naming the shard.
+The sidecar ``shard-NNNNNN.json`` records the shard's ids, the byte offset, length and checksum (xxh3_64) of each
+sample (for the random-access index and the readers' checks), its size and sha256; it is written after the tar is in
+place, so a shard without its sidecar is unfinished and is redone by the next run. :func:`load_sidecar` is the readers'
+way in: a missing or damaged sidecar of a finished store is a :class:`~features.errors.ShardError` naming the shard.
 
 The writer refuses what it cannot store faithfully: features that are NaN/Inf, or that become Inf as float16 (beyond
 ±65504), and boxes that are not finite, are a :class:`~features.errors.StoreError` naming the image.
@@ -25,7 +25,7 @@ import numpy as np
 
 from features.errors import ShardError, StoreError
 from features.io import atomic_write_json, fsync_dir
-from features.store.format import encode_sample, sample_crc, shard_name, sidecar_name
+from features.store.format import encode_sample, sample_checksum, shard_name, sidecar_name
 
 __all__ = ["ShardWriter", "load_sidecar", "read_sidecar"]
 
@@ -100,7 +100,7 @@ class ShardWriter:
         self.ids: list[str] = []
         self.offsets: list[int] = []
         self.sizes: list[int] = []
-        self.crcs: list[int] = []
+        self.checksums: list[int] = []
 
     def write(self, image_id: str, feats: np.ndarray, boxes: np.ndarray, meta: dict[str, Any]) -> None:
         """Append one sample.
@@ -115,7 +115,7 @@ class ShardWriter:
         self.ids.append(image_id)
         self.offsets.append(self._file.position)
         self.sizes.append(len(data))
-        self.crcs.append(sample_crc(data))
+        self.checksums.append(sample_checksum(data))
         self._file.write(data)
 
     def commit(self, failed: Sequence[dict[str, str]] = (), extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -141,7 +141,7 @@ class ShardWriter:
             "ids": self.ids,
             "offsets": self.offsets,
             "sizes": self.sizes,
-            "crc32": self.crcs,
+            "xxh3_64": self.checksums,
         }
         os.replace(self.tmp_path, self.path)
         fsync_dir(self.directory)
@@ -172,7 +172,7 @@ def load_sidecar(shard: str | os.PathLike[str]) -> dict[str, Any]:
         record = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ShardError(f"shard {shard}: its sidecar {sidecar.name} is unreadable ({exc}){advice}") from None
-    lists = ("ids", "offsets", "sizes") + (("crc32",) if isinstance(record, dict) and "crc32" in record else ())
+    lists = ("ids", "offsets", "sizes") + (("xxh3_64",) if isinstance(record, dict) and "xxh3_64" in record else ())
     if not isinstance(record, dict) or not all(isinstance(record.get(k), list) for k in lists) or \
             len({len(record[k]) for k in lists}) != 1:
         raise ShardError(f"shard {shard}: its sidecar {sidecar.name} does not hold equally long lists "

@@ -603,7 +603,7 @@ def _sidecar_short(s: Path) -> None:
 @pytest.mark.parametrize("damage, fragment", [
     (_no_sidecar, "its sidecar shard-000001.json (ids and byte offsets) is missing; redo the shard"),
     (_sidecar_not_json, "its sidecar shard-000001.json is unreadable"),
-    (_sidecar_short, "does not hold equally long lists ids, offsets, sizes, crc32"),
+    (_sidecar_short, "does not hold equally long lists ids, offsets, sizes, xxh3_64"),
 ], ids=["deleted", "not_json", "short_lists"])
 def test_damaged_sidecar_is_an_error_naming_the_shard_not_a_pass(damage, fragment, tmp_path, capsys):
     s = _store(tmp_path / "s")
@@ -666,7 +666,7 @@ def _as_format_1(s: Path) -> None:
     """Make ``s`` look like a store written before per-sample checksums."""
     for sidecar in s.glob("shard-*.json"):
         record = json.loads(sidecar.read_text())
-        del record["crc32"]
+        del record["xxh3_64"]
         sidecar.write_text(json.dumps(record))
     entries = np.load(s / INDEX_ENTRIES)
     old = np.empty(len(entries), INDEX_DTYPE_V1)
