@@ -15,7 +15,7 @@ from PIL import Image
 
 from features import DEFAULT_BUILTIN_BACKEND, EASY_VQA_GRID, GRID_DEFAULTS, default_extraction
 from features.backbones import create_backbone, load_classifier
-from features.backends import create_extractor
+from features.backends import COLOUR_STATS_DIM, create_extractor
 from features.errors import WeightsError
 from features.io import file_sha256, load_state_dict_file
 from features.pretrained import builtin_weights_file, lukemelas_to_timm
@@ -125,7 +125,8 @@ def test_extract_cli_uses_builtin_weights_offline_by_default(tmp_path: Path, cli
     settings = manifest["settings"]
     assert {k: settings[k] for k in ("layer", "image_size", "grid", "pool_size")} == \
         {k: EASY_VQA_GRID[k] for k in ("layer", "image_size", "grid", "pool_size")}
-    assert (manifest["num_regions"], manifest["feature_dim"]) == (16, 320) and settings["mean"] == [0.5] * 3
+    colour = COLOUR_STATS_DIM if EASY_VQA_GRID.get("colour_stats") else 0  # per-box colour statistics, when on
+    assert (manifest["num_regions"], manifest["feature_dim"]) == (16, 320 + colour) and settings["mean"] == [0.5] * 3
     assert default_extraction(str(tmp_path)) == ("grid", GRID_DEFAULTS)  # users' folders: 224 px, 7x7
 
 
