@@ -85,7 +85,7 @@ def _extract_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     weights = parser.add_argument_group("weights")
     weights.add_argument("--weights", default=None, metavar="PATH", help="backbone state dict (.safetensors/.pth)")
-    weights.add_argument("--random-weights", action="store_true",
+    weights.add_argument("--random-weights", action="store_true", default=None,
                          help="use random weights unless --weights is given (tests and timing only; recorded)")
     weights.add_argument("--seed", type=int, default=None, help="seed of random weights (default: 0)")
     options = parser.add_argument_group("backend options (default: the source's defaults above, else the backend's "
@@ -191,8 +191,8 @@ def _extract(args: argparse.Namespace) -> int:
     if args.backend is None:
         args.backend = default_backend
     accepted = set(backend_options(args.backend))
-    given = {dest: getattr(args, dest) for dest in _BACKEND_FLAGS
-             if getattr(args, dest) not in (None, False)}
+    # every flag defaults to None, so 0 (--grid 0) and False (--no-whole-image) count as given
+    given = {dest: getattr(args, dest) for dest in _BACKEND_FLAGS if getattr(args, dest) is not None}
     wrong = [dest for dest in given if dest not in accepted and dest not in _IGNORABLE]
     if wrong:
         flags = ", ".join(_BACKEND_FLAGS[d] for d in wrong)

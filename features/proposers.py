@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
-from features.errors import BackendUnavailableError, WeightsError
+from features.errors import BackendUnavailableError, FeaturesError, WeightsError
 from features.io import load_state_dict_file, torch_hub_cache_file
 from features.weights import (NO_WEIGHT_BACKENDS, init_random, isolated_rng, load_verified, missing_weights_message,
                               weights_record)
 
-__all__ = ["Proposals", "TorchvisionDetector", "Detectron2Detector", "DETECTRON2_INSTALL", "pad_proposals"]
+__all__ = ["Proposals", "TorchvisionDetector", "Detectron2Detector", "DETECTRON2_INSTALL", "check_detector_options",
+           "pad_proposals"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,22 @@ def pad_proposals(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tenso
     return Proposals(boxes=boxes, labels=labels, scores=scores, num_valid=valid)
 
 
+def check_detector_options(num_boxes: int, score_thresh: float, nms_thresh: float, min_size: int | None = None) -> None:
+    """Refuse detector options that would silently give no boxes or garbage (``--num-boxes 0``, a NaN threshold).
+
+    Raises:
+        FeaturesError: Naming the flag and its allowed range.
+    """
+    if num_boxes < 1:
+        raise FeaturesError(f"--num-boxes {num_boxes}: expected at least 1 box per image")
+    if not 0.0 <= score_thresh <= 1.0:  # also refuses NaN
+        raise FeaturesError(f"--score-thresh {score_thresh}: expected a detection score in [0, 1]")
+    if not 0.0 < nms_thresh <= 1.0:
+        raise FeaturesError(f"--nms-thresh {nms_thresh}: expected an IoU threshold in (0, 1]")
+    if min_size is not None and min_size < 1:
+        raise FeaturesError(f"--detector-min-size {min_size}: expected a positive number of pixels")
+
+
 class TorchvisionDetector:
     """A torchvision Faster R-CNN proposing the top-K boxes per image.
 
@@ -101,6 +118,7 @@ class TorchvisionDetector:
         import torchvision
         from torchvision.models import detection
 
+        check_detector_options(num_boxes, score_thresh, nms_thresh, min_size)
         known = [m for m in torchvision.models.list_models(module=detection) if m.startswith("fasterrcnn")]
         if name not in known:
             raise WeightsError(f"detector {name!r} unknown: expected one of {', '.join(known)}")
@@ -154,6 +172,7 @@ class Detectron2Detector:
 
     def __init__(self, config_file: str, weights: str | os.PathLike[str] | None, *, num_boxes: int = 36,
                  score_thresh: float = 0.2, nms_thresh: float = 0.5, device: str | torch.device = "cpu") -> None:
+        check_detector_options(num_boxes, score_thresh, nms_thresh)
         try:
             from detectron2.config import get_cfg
             from detectron2.engine import DefaultPredictor

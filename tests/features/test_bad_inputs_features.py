@@ -146,6 +146,25 @@ def _flag_of_another_backend(t: Path) -> list[str]:
     return EXTRACT + ["--source", str(_images(t)), "--out", str(t / "out"), "--grid", "3"]
 
 
+def _zero_image_size(t: Path) -> list[str]:  # 0 used to count as "not given" and fell back to the default
+    return EXTRACT + ["--source", str(_images(t)), "--out", str(t / "out"), "--image-size", "0"]
+
+
+def _zero_grid(t: Path) -> list[str]:
+    return GRID18[:5] + ["--random-weights", "--grid", "0", "--num-workers", "0", "--no-progress", "--source",
+                         str(_images(t)), "--out", str(t / "out")]
+
+
+def _zero_boxes(t: Path) -> list[str]:
+    return ["extract", "--backend", "detector", "--random-weights", "--num-boxes", "0", "--num-workers", "0",
+            "--source", str(_images(t)), "--out", str(t / "out")]
+
+
+def _nan_score_threshold(t: Path) -> list[str]:
+    return ["extract", "--backend", "detector", "--random-weights", "--score-thresh", "nan", "--num-workers", "0",
+            "--source", str(_images(t)), "--out", str(t / "out")]
+
+
 def _fail_on_corrupt_image(t: Path) -> list[str]:
     folder = _images(t)
     (folder / "broken.png").write_bytes((folder / "im0.png").read_bytes()[:40])
@@ -227,6 +246,10 @@ EXTRACT_CASES: list[tuple[Callable[[Path], list[str]], list[str]]] = [
     (_zero_batch, ["batch_size must be at least 1, got 0"]),
     (_negative_workers, ["num_workers must be 0 (decode in this process) or more, got -1"]),
     (_flag_of_another_backend, ["--grid does not apply to backend 'patches'"]),
+    (_zero_image_size, ["backend 'patches': image size 0 must be a positive multiple of the patch size 16"]),
+    (_zero_grid, ["backend 'grid': grid (0), image size (224) and pool size (1) must be positive"]),
+    (_zero_boxes, ["--num-boxes 0: expected at least 1 box per image"]),
+    (_nan_score_threshold, ["--score-thresh nan: expected a detection score in [0, 1]"]),
     (_fail_on_corrupt_image, ["cannot read image", "broken.png (id 'broken')", "use --on-error skip"]),
     (_every_image_unreadable, ["none of the 2 images could be read", "nothing was stored in"]),
     (_text_weights, ["weights file", "resnet18.pth is not a state dict of tensors", "a text file?"]),
@@ -255,6 +278,12 @@ def test_vlm_extract_bad_input_is_one_line_and_exit_2(build, fragments, tmp_path
     if out.is_dir() and build is not _fail_on_corrupt_image:  # nothing half-made is left: no manifest, no shards
         # (--on-error fail stops a resumable run: its plan stays, and the rerun with the image fixed resumes)
         assert not [p.name for p in out.iterdir() if p.name.startswith(("manifest", "shard-", "index-"))]
+
+
+def test_a_false_flag_is_applied_not_ignored(tmp_path, capsys):
+    argv = EXTRACT + ["--source", str(_images(tmp_path)), "--out", str(tmp_path / "out"), "--no-whole-image"]
+    assert vlm_main(argv) == 0
+    assert FeatureStore(tmp_path / "out").num_regions == 16  # 4x4 patches, no whole-image region (17 with it)
 
 
 def test_garbage_rank_variables_are_one_line(tmp_path, capsys, monkeypatch):
@@ -702,6 +731,6 @@ def test_reindex_refuses_to_bless_a_damaged_format_1_shard(tmp_path, capsys):
 
 
 def test_corpus_size():
-    cases = (len(EXTRACT_CASES) + 1 + 1 + 4 + 2 + 4 + 2 * len(ROW_CASES) + 1 + 4 + 1 + len(STORE_CASES) + 1 + 3 + 8
+    cases = (len(EXTRACT_CASES) + 1 + 1 + 1 + 4 + 2 + 4 + 2 * len(ROW_CASES) + 1 + 4 + 1 + len(STORE_CASES) + 1 + 3 + 8
              + 3 + 2)
     assert cases >= 40  # with the vlm side's corpus (tests/test_bad_inputs_vlm.py), well over 50
