@@ -243,6 +243,10 @@ class PretrainData:
         for img, tc in zip(self.image_code.tolist(), self.text_code.tolist()):
             own.setdefault(img, set()).add(tc)
         self.own_texts = own
+        # A mismatched text is of the same kind as the one it replaces (question for question, caption for caption):
+        # drawn from all texts, a caption would mostly be swapped for a question, which describes no image, and the
+        # matching objective would barely see a false caption.
+        self.is_question = np.array([e.answers is not None for e in kept], dtype=bool)
         self.special = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
         self.mask_id = tokenizer.mask_token_id
         self.vocab_size = len(tokenizer)
@@ -274,7 +278,8 @@ class PretrainData:
             if rng.random() < cfg.mismatch_prob:
                 for _ in range(32):
                     j = int(rng.integers(n))
-                    if int(self.text_code[j]) not in self.own_texts[int(self.image_code[i])]:
+                    if (self.is_question[j] == self.is_question[i]
+                            and int(self.text_code[j]) not in self.own_texts[int(self.image_code[i])]):
                         text_of[r], matched[r] = j, 0
                         break
         # --- text: pad to the longest, mask tokens

@@ -48,3 +48,38 @@ def test_sources_join_with_plus_in_order():
 def test_unknown_source_in_a_join_is_named(tmp_path):
     with pytest.raises(DataError, match=r"notes\.txt: unknown text format"):
         read_texts(f"easy-vqa+{tmp_path / 'notes.txt'}", "test")
+
+
+def test_a_mismatched_caption_is_another_images_caption(easy_vqa_stores):
+    """Questions and captions mixed: a caption is swapped only for a caption (of a different colour/shape), a
+    question only for a question, so half the caption pairs the matching objective sees are really false."""
+    import numpy as np
+    import torch
+
+    import vlm
+    from features.store import FeatureStore
+    from pretraining.data import PretrainData
+    from pretraining.masking import IGNORE
+
+    store = FeatureStore(easy_vqa_stores[0])
+    texts = [t for t in read_texts("easy-vqa+easy-vqa-captions", "train") if t.image_id in set(store.ids())]
+    tok = vlm.load_tokenizer()
+    data = PretrainData(texts, store, tok, ["yes", "no"], seed=5)
+    captions = {tuple(tok(t.text)["input_ids"]): t.image_id for t in texts if t.answers is None}
+    own = {t.image_id: {x.text for x in texts if x.image_id == t.image_id and x.answers is None} for t in texts}
+    kinds = {"caption": [0, 0], "question": [0, 0]}
+    for epoch in range(4):
+        idx = np.arange(len(data))
+        b = data.batch(idx, epoch)
+        for r in range(len(idx)):
+            ids = torch.where(b.mlm_labels[r] != IGNORE, b.mlm_labels[r], b.input_ids[r])
+            ids = tuple(ids[b.attention_mask[r] == 1].tolist())
+            kind = "question" if texts[r].answers is not None else "caption"
+            assert (ids in captions) == (kind == "caption"), "a text was swapped for one of the other kind"
+            kinds[kind][0] += 1
+            if not b.matched[r]:
+                kinds[kind][1] += 1
+                if kind == "caption":
+                    assert tok.decode(ids[1:-1]) not in own[texts[r].image_id]
+    for kind, (n, mismatched) in kinds.items():
+        assert n > 100 and abs(mismatched / n - 0.5) < 0.1, (kind, n, mismatched)
