@@ -229,9 +229,12 @@ class FinetuneRun:
         self.transform = transform_for(cfg.modality)
         source = self.train_data if self.transform is None else TransformedSource(self.train_data, self.transform)
 
+        self._last_eval: tuple[int, dict, dict] | None = None  # (step, metrics, predictions) of the latest eval
+
         def evaluate_fn(model: torch.nn.Module) -> dict[str, float]:
-            metrics, _ = evaluate(model, self.eval_data, cfg.train.batch_size * 2, self.device, cfg.train.precision,
-                                  dist, self.transform)
+            metrics, preds = evaluate(model, self.eval_data, cfg.train.batch_size * 2, self.device,
+                                      cfg.train.precision, dist, self.transform)
+            self._last_eval = (self.trainer.step, metrics, preds)
             return _flat(metrics)
 
         self.trainer = Trainer(self.model, source, cfg.train, save_model=self.model, run_dir=self.run_dir,
@@ -251,8 +254,11 @@ class FinetuneRun:
             save_model_folder(self.model, final, self.vocab, self.classes, _features_info(self.train_store))
             summary["model"] = str(final)
         if self.eval_data is not None:
-            metrics, preds = evaluate(self.model, self.eval_data, self.cfg.train.batch_size * 2, self.device,
-                                      self.cfg.train.precision, self.dist, self.transform)
+            if self._last_eval is not None and self._last_eval[0] == self.trainer.step:
+                _, metrics, preds = self._last_eval  # the trainer evaluated the final weights already
+            else:
+                metrics, preds = evaluate(self.model, self.eval_data, self.cfg.train.batch_size * 2, self.device,
+                                          self.cfg.train.precision, self.dist, self.transform)
             summary["metrics"] = metrics
             if self.dist.is_main:
                 write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
