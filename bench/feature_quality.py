@@ -156,7 +156,8 @@ def _backends(selected: list[str] | None) -> list[tuple[str, str, dict]]:
             ("grid-random", "grid", {**EASY_VQA_GRID, "random_weights": True}),
             ("grid-224", "grid", dict(GRID_DEFAULTS)),
             ("grid-colour", "grid", {**EASY_VQA_GRID, "colour_stats": True}),
-            ("grid-nocolour", "grid", {**EASY_VQA_GRID, "colour_stats": False})]
+            ("grid-nocolour", "grid", {**EASY_VQA_GRID, "colour_stats": False}),
+            ("grid-hist", "grid", {**EASY_VQA_GRID, "colour_stats": True, "colour_hist": 4})]
     chosen = selected or ["patches", "grid", "grid-random"]
     unknown = sorted(set(chosen) - {name for name, _, _ in rows})
     if unknown:

@@ -42,7 +42,7 @@ from features.pooling import grid_boxes, roi_mean_pool
 from features.proposers import Detectron2Detector, TorchvisionDetector
 
 __all__ = ["BACKENDS", "DetectorExtractor", "Detectron2Extractor", "ExtractedBatch", "Extractor", "GridExtractor",
-           "PatchesExtractor", "box_colour_stats", "create_extractor", "list_backends"]
+           "PatchesExtractor", "box_colour_hist", "box_colour_stats", "create_extractor", "list_backends"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +207,33 @@ def box_colour_stats(images: torch.Tensor, boxes: torch.Tensor, samples: int = 8
     return torch.cat([mean, (mean_sq - mean * mean).clamp_min(0.0).sqrt()], dim=-1)
 
 
+def box_colour_hist(images: torch.Tensor, boxes: torch.Tensor, bins: int, samples: int = 8,
+                    chunk: int = 8) -> torch.Tensor:
+    """Joint RGB histogram of each box: the share of its pixels in each of ``bins**3`` colour cells.
+
+    Each pixel's cell (``r * bins**2 + g * bins + b`` with each 8-bit channel cut into ``bins`` equal ranges) is
+    one-hot encoded and RoI-averaged like :func:`box_colour_stats` (exact for pixel-aligned boxes whose sides are
+    multiples of ``samples``); the values of a box sum to 1.
+
+    Args:
+        images: uint8 ``[B, 3, H, W]``.
+        boxes: ``[B, K, 4]`` boxes in pixels ``(x1, y1, x2, y2)``.
+        bins: Bins per channel.
+        samples: Side of the RoI-align grid per box.
+        chunk: Images one-hot encoded at a time (``bins**3`` float planes each).
+
+    Returns:
+        ``[B, K, bins**3]``.
+    """
+    cells = (images.long() * bins) // 256  # (B, 3, H, W) in [0, bins)
+    code = cells[:, 0] * bins * bins + cells[:, 1] * bins + cells[:, 2]  # (B, H, W)
+    out = []
+    for lo in range(0, images.shape[0], chunk):
+        onehot = torch.nn.functional.one_hot(code[lo:lo + chunk], bins ** 3).permute(0, 3, 1, 2).float()
+        out.append(roi_mean_pool(onehot, boxes[lo:lo + chunk], spatial_scale=1.0, output_size=samples))
+    return torch.cat(out)
+
+
 class GridExtractor(Extractor):
     """Grid features: a fixed ``grid x grid`` set of boxes RoI-aligned from a CNN feature map.
 
@@ -225,9 +252,12 @@ class GridExtractor(Extractor):
         pool_size: RoI-align output side before mean pooling (cells per box side gives the exact mean of the cells).
         layer: Backbone stage whose map is pooled (-1: the last).
         colour_stats: Append each box's pixel colour statistics to its vector: the mean and the standard deviation
-            of each channel of the normalised input inside the box (6 values; D = C + 6). ImageNet features are
-            built to be partly colour-invariant (brown and red, black and grey sit close in them); these six numbers
-            keep what the network discards, at no measurable cost.
+            of each channel of the normalised input inside the box (6 values). ImageNet features are built to be
+            partly colour-invariant (brown and red, black and grey sit close in them); these numbers keep what the
+            network discards, at no measurable cost.
+        colour_hist: Append each box's joint RGB histogram with this many bins per channel (``n**3`` values, the
+            share of the box's pixels in each bin; 0: none), the classic colour descriptor of region-based retrieval:
+            unlike the mean it separates a small patch of one colour from a large patch of a paler one.
         seed: Seed of random weights.
         device: Where to compute.
     """
@@ -238,8 +268,11 @@ class GridExtractor(Extractor):
                  random_weights: bool = False, image_size: int = GRID_DEFAULTS["image_size"],
                  grid: int = GRID_DEFAULTS["grid"], whole_image: bool = False,
                  pool_size: int = GRID_DEFAULTS["pool_size"], layer: int = GRID_DEFAULTS["layer"],
-                 colour_stats: bool = False, seed: int = 0, device: str | torch.device = "cpu") -> None:
+                 colour_stats: bool = False, colour_hist: int = 0, seed: int = 0,
+                 device: str | torch.device = "cpu") -> None:
         super().__init__(device)
+        if not 0 <= int(colour_hist) <= 8:
+            raise FeaturesError(f"backend 'grid': colour_hist ({colour_hist}) must be 0 (off) to 8 bins per channel")
         if grid <= 0 or image_size <= 0 or pool_size <= 0:
             raise FeaturesError(f"backend 'grid': grid ({grid}), image size ({image_size}) and pool size ({pool_size}) "
                                 "must be positive")
@@ -248,8 +281,9 @@ class GridExtractor(Extractor):
         self.image_size, self.grid, self.whole_image, self.pool_size, self.layer = (image_size, grid, whole_image,
                                                                                      pool_size, layer)
         self.num_regions = grid * grid + int(whole_image)
-        self.colour_stats = bool(colour_stats)
-        self.feature_dim = self.backbone.out_channels + (COLOUR_STATS_DIM if self.colour_stats else 0)
+        self.colour_stats, self.colour_hist = bool(colour_stats), int(colour_hist)
+        self.feature_dim = (self.backbone.out_channels + (COLOUR_STATS_DIM if self.colour_stats else 0)
+                            + self.colour_hist ** 3)
         self.weights_info = {"backbone": self.backbone.weights_info}
         self.random_weights = self.backbone.weights_info["source"] == "random"
         self._boxes = grid_boxes(grid, grid, whole_image=whole_image)
@@ -258,7 +292,8 @@ class GridExtractor(Extractor):
     def settings(self) -> dict[str, Any]:
         return {"backbone": self.backbone.name, "layer": self.layer, "image_size": self.image_size, "grid": self.grid,
                 "whole_image": self.whole_image, "pool_size": self.pool_size, "mean": list(self.backbone.mean),
-                "std": list(self.backbone.std), **({"colour_stats": True} if self.colour_stats else {})}
+                "std": list(self.backbone.std), **({"colour_stats": True} if self.colour_stats else {}),
+                **({"colour_hist": self.colour_hist} if self.colour_hist else {})}
 
     @torch.inference_mode()
     def extract(self, images: torch.Tensor) -> ExtractedBatch:
@@ -269,6 +304,8 @@ class GridExtractor(Extractor):
         pooled = roi_mean_pool(fmap, boxes, spatial_scale=fmap.shape[-1] / x.shape[-1], output_size=self.pool_size)
         if self.colour_stats:
             pooled = torch.cat([pooled, box_colour_stats(x, boxes)], dim=-1)
+        if self.colour_hist:
+            pooled = torch.cat([pooled, box_colour_hist(images.to(self.device), boxes, self.colour_hist)], dim=-1)
         boxes_np = self._boxes.numpy()
         return ExtractedBatch(feats=pooled.to(torch.float16).cpu().numpy(),
                               boxes=np.broadcast_to(boxes_np, (b, *boxes_np.shape)))

@@ -38,3 +38,39 @@ def test_grid_backend_appends_the_stats_of_its_own_boxes():
     torch.testing.assert_close(stats[0, 0, :3], torch.tensor(red), atol=2e-2, rtol=0)  # float16 storage
     torch.testing.assert_close(stats[1, 0, :3], torch.tensor(black), atol=2e-2, rtol=0)
     assert stats[..., 3:].abs().max() < 2e-2  # every cell is one colour
+
+
+def test_colour_histogram_of_uniform_and_two_colour_boxes():
+    from features.backends import box_colour_hist
+
+    img = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    img[:, 0, :, :8] = 255  # left half pure red, right half black
+    img[:, 2, :, 8:] = 100  # right half: blue 100 (bin 1 of 4)
+    boxes = torch.tensor([[[0.0, 0.0, 8.0, 16.0], [8.0, 0.0, 16.0, 16.0], [0.0, 0.0, 16.0, 16.0]]])
+    hist = box_colour_hist(img, boxes, bins=4)
+    assert hist.shape == (1, 3, 64)
+    red, dark_blue = 3 * 16 + 0 * 4 + 0, 0 * 16 + 0 * 4 + 1  # cell r * bins**2 + g * bins + b
+    left, right, whole = hist[0]
+    expect = torch.zeros(3, 64)
+    expect[0, red] = 1.0
+    expect[1, dark_blue] = 1.0
+    expect[2, red] = expect[2, dark_blue] = 0.5
+    torch.testing.assert_close(hist[0], expect, atol=1e-5, rtol=0)
+    torch.testing.assert_close(hist.sum(-1), torch.ones(1, 3), atol=1e-5, rtol=0)
+
+
+def test_grid_backend_appends_the_histogram_and_refuses_too_many_bins():
+    import pytest
+
+    from features.errors import FeaturesError
+
+    plain = create_extractor("grid", backbone="efficientnet_lite0", random_weights=True, image_size=64, grid=2)
+    hist = create_extractor("grid", backbone="efficientnet_lite0", random_weights=True, image_size=64, grid=2,
+                            colour_hist=2)
+    assert hist.feature_dim == plain.feature_dim + 8 and hist.settings()["colour_hist"] == 2
+    images = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    images[0, 1, :32, :32] = 255  # top-left cell pure green on black
+    feats = hist.extract(images).feats[0, :, plain.feature_dim:].astype("float32")
+    assert feats[0, 2] == 1.0 and feats[1, 0] == 1.0  # green = cell 0*4 + 1*2 + 0; black = cell 0
+    with pytest.raises(FeaturesError, match="colour_hist .9. must be 0 .off. to 8 bins per channel"):
+        create_extractor("grid", backbone="efficientnet_lite0", random_weights=True, colour_hist=9)
