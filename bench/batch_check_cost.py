@@ -1,9 +1,11 @@
-"""Cost of Batch.check on the hot path: lxmert-mini bf16 forward (batch 64, T 12, K 16) with the check vs with it
+"""Cost of Batch.check on the hot path: lxmert-mini forward (bf16 autocast where the CPU has native bf16, else fp32;
+``vlm.precision.autocast``) (batch 64, T 12, K 16) with the check vs with it
 switched off, interleaved, median of 5 rounds of 20; plus the check alone.
 
     python bench/batch_check_cost.py
 """
 import time, statistics, torch, vlm
+from vlm.precision import autocast, autocast_dtype
 from vlm.batch import Batch
 torch.manual_seed(0)
 m = vlm.create_model("lxmert-mini", task="vqa", num_answers=13, visual_feat_dim=320).eval()
@@ -14,7 +16,7 @@ batch = vlm.Batch(input_ids=ids, attention_mask=torch.ones(b, t, dtype=torch.lon
 real = Batch.check
 def run(check_on, n=20):
     Batch.check = real if check_on else (lambda self, *a, **kw: None)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.inference_mode(), autocast("cpu"):
         t0 = time.perf_counter()
         for _ in range(n): m(batch)
     return (time.perf_counter() - t0) / n
@@ -22,7 +24,7 @@ run(True, 5)
 on, off = [], []
 for _ in range(5):
     on.append(run(True)); off.append(run(False))
-print(f"forward ms with check {1000*statistics.median(on):.2f}, without {1000*statistics.median(off):.2f}, cost {statistics.median(on)/statistics.median(off)-1:+.2%}")
+print(f"precision {autocast_dtype('cpu') or 'fp32'}: forward ms with check {1000*statistics.median(on):.2f}, without {1000*statistics.median(off):.2f}, cost {statistics.median(on)/statistics.median(off)-1:+.2%}")
 Batch.check = real
 t0=time.perf_counter()
 for _ in range(200): batch.check(320, 4, 30522, 2)

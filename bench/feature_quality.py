@@ -297,7 +297,8 @@ def main() -> None:
     parser.add_argument("--test-questions", type=int, default=3000, help="test questions evaluated (0: all 9,673)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--precision", default="bf16", help="autocast: bf16 (default), auto, fp32")
+    parser.add_argument("--precision", default="auto",
+                        help="autocast: auto (default: bf16 where the CPU has native bf16, else fp32), bf16, fp32")
     parser.add_argument("--backends", nargs="*", default=None,
                         help="rows: patches grid grid-random (default) and grid-224 (the folder default, 7x7 @224px)")
     parser.add_argument("--num-workers", type=int, default=0, help="image-decoding workers of the extraction")
