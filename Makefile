@@ -33,7 +33,7 @@ demo: $(STAMP)
 		--train-baselines --out runs/demo/ablate --no-progress
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python bench/model_throughput.py
