@@ -207,3 +207,21 @@ def test_precision_choice_and_bf16_forward_close_to_fp32():
         low = m(b).pooled
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().max() < 0.05  # bf16 has ~3 significant digits
+
+
+@pytest.mark.parametrize("name", ["lxmert-mini", "vilbert-mini"])
+def test_zeroed_regions_do_not_blow_up_the_gradient_at_init(name):
+    """Masked-region pretraining zeroes region features; at initialisation that must not put an all-zero vector into
+    the region LayerNorm (with a zero bias its gradient is 1/sqrt(eps) = 1e6 times the upstream one, and clipping
+    then starves every other parameter)."""
+    m = tiny(name, task="pretraining").train()
+    norms = []
+    for zero in (False, True):
+        b = make_batch()
+        if zero:
+            b.region_feats[:, :4] = 0.0
+        m.zero_grad()
+        m(b).matched_logits.sum().backward()
+        norms.append(torch.sqrt(sum(p.grad.pow(2).sum() for p in m.parameters() if p.grad is not None)).item())
+    assert norms[1] < 3 * norms[0], norms
+    assert m.encoder.region_encoder.feat_proj.bias.std() > 0
