@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -258,6 +259,11 @@ class GridExtractor(Extractor):
         colour_hist: Append each box's joint RGB histogram with this many bins per channel (``n**3`` values, the
             share of the box's pixels in each bin; 0: none), the classic colour descriptor of region-based retrieval:
             unlike the mean it separates a small patch of one colour from a large patch of a paler one.
+        colour_scale: Factor applied to the colour statistics and histogram. A model's region encoder starts with a
+            random projection of the whole vector, where 6 colour values of spread ~0.3 next to 320 backbone channels
+            of spread ~1.7 carry about 0.05% of the variance; scaling them up makes colour as visible as the rest
+            from the first step (easy-VQA, lxmert-mini, 200 steps: colour questions 97.1% with 20 against 80.8%
+            with 1). Recorded in the settings when not 1.
         seed: Seed of random weights.
         device: Where to compute.
     """
@@ -268,9 +274,11 @@ class GridExtractor(Extractor):
                  random_weights: bool = False, image_size: int = GRID_DEFAULTS["image_size"],
                  grid: int = GRID_DEFAULTS["grid"], whole_image: bool = False,
                  pool_size: int = GRID_DEFAULTS["pool_size"], layer: int = GRID_DEFAULTS["layer"],
-                 colour_stats: bool = False, colour_hist: int = 0, seed: int = 0,
+                 colour_stats: bool = False, colour_hist: int = 0, colour_scale: float = 1.0, seed: int = 0,
                  device: str | torch.device = "cpu") -> None:
         super().__init__(device)
+        if not (math.isfinite(float(colour_scale)) and float(colour_scale) > 0):
+            raise FeaturesError(f"backend 'grid': colour_scale ({colour_scale}) must be a positive finite number")
         if not 0 <= int(colour_hist) <= 8:
             raise FeaturesError(f"backend 'grid': colour_hist ({colour_hist}) must be 0 (off) to 8 bins per channel")
         if grid <= 0 or image_size <= 0 or pool_size <= 0:
@@ -282,6 +290,7 @@ class GridExtractor(Extractor):
                                                                                      pool_size, layer)
         self.num_regions = grid * grid + int(whole_image)
         self.colour_stats, self.colour_hist = bool(colour_stats), int(colour_hist)
+        self.colour_scale = float(colour_scale)
         self.feature_dim = (self.backbone.out_channels + (COLOUR_STATS_DIM if self.colour_stats else 0)
                             + self.colour_hist ** 3)
         self.weights_info = {"backbone": self.backbone.weights_info}
@@ -293,7 +302,8 @@ class GridExtractor(Extractor):
         return {"backbone": self.backbone.name, "layer": self.layer, "image_size": self.image_size, "grid": self.grid,
                 "whole_image": self.whole_image, "pool_size": self.pool_size, "mean": list(self.backbone.mean),
                 "std": list(self.backbone.std), **({"colour_stats": True} if self.colour_stats else {}),
-                **({"colour_hist": self.colour_hist} if self.colour_hist else {})}
+                **({"colour_hist": self.colour_hist} if self.colour_hist else {}),
+                **({"colour_scale": self.colour_scale} if self.colour_scale != 1.0 else {})}
 
     @torch.inference_mode()
     def extract(self, images: torch.Tensor) -> ExtractedBatch:
@@ -303,9 +313,10 @@ class GridExtractor(Extractor):
         boxes = self._pixel_boxes.unsqueeze(0).expand(b, -1, -1)
         pooled = roi_mean_pool(fmap, boxes, spatial_scale=fmap.shape[-1] / x.shape[-1], output_size=self.pool_size)
         if self.colour_stats:
-            pooled = torch.cat([pooled, box_colour_stats(x, boxes)], dim=-1)
+            pooled = torch.cat([pooled, self.colour_scale * box_colour_stats(x, boxes)], dim=-1)
         if self.colour_hist:
-            pooled = torch.cat([pooled, box_colour_hist(images.to(self.device), boxes, self.colour_hist)], dim=-1)
+            hist = box_colour_hist(images.to(self.device), boxes, self.colour_hist)
+            pooled = torch.cat([pooled, self.colour_scale * hist], dim=-1)
         boxes_np = self._boxes.numpy()
         return ExtractedBatch(feats=pooled.to(torch.float16).cpu().numpy(),
                               boxes=np.broadcast_to(boxes_np, (b, *boxes_np.shape)))

@@ -53,7 +53,8 @@ _BACKEND_FLAGS = {
     "random_weights": "--random-weights", "seed": "--seed", "detector": "--detector",
     "detector_weights": "--detector-weights", "num_boxes": "--num-boxes", "score_thresh": "--score-thresh",
     "nms_thresh": "--nms-thresh", "detector_min_size": "--detector-min-size", "d2_config": "--d2-config",
-    "d2_weights": "--d2-weights",
+    "d2_weights": "--d2-weights", "colour_stats": "--colour-stats", "colour_hist": "--colour-hist",
+    "colour_scale": "--colour-scale",
 }
 _IGNORABLE = ("random_weights", "seed")  # harmless for backends without weights
 
@@ -101,6 +102,12 @@ def _extract_parser() -> argparse.ArgumentParser:
                               "timm:resnet18, torchvision:resnet50 (default: grid efficientnet_lite0, detector "
                               "resnet50)")
     options.add_argument("--layer", type=int, default=None, help="backbone stage to pool from (default -1, the last)")
+    options.add_argument("--colour-stats", action=argparse.BooleanOptionalAction, default=None,
+                         help="grid: append each box's channel means and standard deviations (6 values)")
+    options.add_argument("--colour-hist", type=int, default=None, metavar="N",
+                         help="grid: append each box's joint RGB histogram, N bins per channel (N**3 values)")
+    options.add_argument("--colour-scale", type=float, default=None,
+                         help="grid: factor on the colour values (easy-VQA default 20; see docs/features.md)")
     options.add_argument("--detector", default=None, help="detector: torchvision model (fasterrcnn_resnet50_fpn)")
     options.add_argument("--detector-weights", default=None, metavar="PATH", help="detector: state dict file")
     options.add_argument("--num-boxes", type=int, default=None, help="detector/detectron2: K boxes (default 36)")

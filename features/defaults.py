@@ -33,7 +33,7 @@ DEFAULT_BUILTIN_BACKEND = "grid"
 
 #: Options of :data:`DEFAULT_BUILTIN_BACKEND` for easy-VQA's 64x64 images (measured best, and 3-4x cheaper than 224 px).
 EASY_VQA_GRID: dict[str, Any] = {"backbone": "efficientnet_lite0", "layer": -1, "image_size": 128, "grid": 4,
-                                 "pool_size": 1, "colour_stats": True}
+                                 "pool_size": 1, "colour_stats": True, "colour_scale": 20.0}
 
 #: Backend for users' own image folders and list files.
 DEFAULT_BACKEND = "grid"

@@ -225,3 +225,29 @@ def test_zeroed_regions_do_not_blow_up_the_gradient_at_init(name):
         norms.append(torch.sqrt(sum(p.grad.pow(2).sum() for p in m.parameters() if p.grad is not None)).item())
     assert norms[1] < 3 * norms[0], norms
     assert m.encoder.region_encoder.feat_proj.bias.std() > 0
+
+
+def test_training_attention_takes_the_math_kernel_on_cpu_and_matches_inference():
+    """With autograd recording on CPU, attention avoids SDPA's flash kernel (its backward is slow at these shapes);
+    without, SDPA chooses. Both paths give the same outputs, padding mask included."""
+    from torch.profiler import profile
+
+    from vlm.config import ModelConfig
+    from vlm.layers import Attention, key_padding_bias
+
+    torch.manual_seed(0)
+    attn = Attention(ModelConfig(hidden_size=32, num_attention_heads=4, hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0)).eval()
+    x = torch.randn(3, 7, 32)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    bias = key_padding_bias(mask, x.dtype)
+    with torch.no_grad(), profile() as inference:
+        expected = attn(x, bias)
+    with profile() as training:
+        got = attn(x.clone().requires_grad_(), bias)
+    got.sum().backward()
+    ops = lambda prof: {e.key for e in prof.key_averages()}  # noqa: E731
+    assert not any("flash_attention" in k for k in ops(training)), ops(training)
+    assert any("flash_attention" in k for k in ops(inference))  # SDPA's own choice for fp32 CPU inference
+    torch.testing.assert_close(got.detach(), expected, atol=1e-5, rtol=1e-5)

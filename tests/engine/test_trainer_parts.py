@@ -83,3 +83,23 @@ def test_pretrain_cli_bad_override_is_one_line_and_exit_2(capsys):
     assert "unknown config key 'train.lrr'" in err and "Traceback" not in err
     assert main(["pretrain", "--arch", "lxmert", "--config", "vilbert"]) == 2
     assert "builds a 'vilbert' model" in capsys.readouterr().err
+
+
+def test_adamw_is_fused_where_the_device_has_the_kernel_and_steps_like_the_default():
+    from vlm.config import TrainConfig
+    from vlm.engine.trainer import adamw
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    fused = adamw(param_groups(a, 0.01), TrainConfig(lr=1e-2))
+    plain = torch.optim.AdamW(param_groups(b, 0.01), lr=1e-2)
+    assert fused.defaults["fused"] is True  # CPU has a fused AdamW since torch 2.4
+    x = torch.randn(16, 8)
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, plain)):
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)

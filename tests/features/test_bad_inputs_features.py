@@ -155,6 +155,15 @@ def _zero_grid(t: Path) -> list[str]:
                          str(_images(t)), "--out", str(t / "out")]
 
 
+def _zero_colour_scale(t: Path) -> list[str]:
+    return GRID18[:5] + ["--random-weights", "--colour-stats", "--colour-scale", "0", "--num-workers", "0",
+                         "--no-progress", "--source", str(_images(t)), "--out", str(t / "out")]
+
+
+def _colour_flag_of_patches(t: Path) -> list[str]:
+    return EXTRACT + ["--source", str(_images(t)), "--out", str(t / "out"), "--colour-scale", "20"]
+
+
 def _zero_boxes(t: Path) -> list[str]:
     return ["extract", "--backend", "detector", "--random-weights", "--num-boxes", "0", "--num-workers", "0",
             "--source", str(_images(t)), "--out", str(t / "out")]
@@ -248,6 +257,8 @@ EXTRACT_CASES: list[tuple[Callable[[Path], list[str]], list[str]]] = [
     (_flag_of_another_backend, ["--grid does not apply to backend 'patches'"]),
     (_zero_image_size, ["backend 'patches': image size 0 must be a positive multiple of the patch size 16"]),
     (_zero_grid, ["backend 'grid': grid (0), image size (224) and pool size (1) must be positive"]),
+    (_zero_colour_scale, ["backend 'grid': colour_scale (0.0) must be a positive finite number"]),
+    (_colour_flag_of_patches, ["--colour-scale does not apply to backend 'patches'"]),
     (_zero_boxes, ["--num-boxes 0: expected at least 1 box per image"]),
     (_nan_score_threshold, ["--score-thresh nan: expected a detection score in [0, 1]"]),
     (_fail_on_corrupt_image, ["cannot read image", "broken.png (id 'broken')", "use --on-error skip"]),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from features.backends import COLOUR_STATS_DIM, box_colour_stats, create_extractor
+from features.errors import FeaturesError
 
 
 def test_moments_of_uniform_and_two_colour_boxes():
@@ -74,3 +76,28 @@ def test_grid_backend_appends_the_histogram_and_refuses_too_many_bins():
     assert feats[0, 2] == 1.0 and feats[1, 0] == 1.0  # green = cell 0*4 + 1*2 + 0; black = cell 0
     with pytest.raises(FeaturesError, match="colour_hist .9. must be 0 .off. to 8 bins per channel"):
         create_extractor("grid", backbone="efficientnet_lite0", random_weights=True, colour_hist=9)
+
+
+def test_colour_scale_multiplies_only_the_colour_values_and_is_recorded():
+    common = dict(backbone="efficientnet_lite0", random_weights=True, image_size=64, grid=2, colour_stats=True,
+                  colour_hist=2)
+    one = create_extractor("grid", **common)
+    scaled = create_extractor("grid", **common, colour_scale=4.0)
+    assert "colour_scale" not in one.settings() and scaled.settings()["colour_scale"] == 4.0
+    images = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    images[0, 0, :40, :24] = 255  # a red patch straddling cells: non-zero means and standard deviations
+    images[1, 2] = 128
+    a, b = one.extract(images), scaled.extract(images)
+    cnn = one.backbone.out_channels
+    assert (a.feats[..., :cnn] == b.feats[..., :cnn]).all()  # the backbone channels are untouched
+    colour_a = torch.from_numpy(a.feats[..., cnn:].astype("float32"))
+    colour_b = torch.from_numpy(b.feats[..., cnn:].astype("float32"))
+    assert colour_a.abs().max() > 0.1
+    torch.testing.assert_close(colour_b, 4.0 * colour_a, atol=1e-2, rtol=1e-3)  # float16 storage
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_colour_scale_must_be_positive_and_finite(bad):
+    with pytest.raises(FeaturesError, match="colour_scale .* must be a positive finite number"):
+        create_extractor("grid", backbone="efficientnet_lite0", random_weights=True, colour_stats=True,
+                         colour_scale=bad)
