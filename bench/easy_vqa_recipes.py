@@ -32,8 +32,8 @@ from vlm.engine.trainer import param_groups
 from vlm.precision import autocast
 
 
-def load_split(split: str, tokenizer, answers: list[str], cache: str, limit: int = 0):
-    store = FeatureStore(builtin_store(split, cache, "auto", D.DistInfo()))
+def load_split(split: str, tokenizer, answers: list[str], cache: str, limit: int = 0, store_dir: str = ""):
+    store = FeatureStore(store_dir or builtin_store(split, cache, "auto", D.DistInfo()))
     ids = list(store.ids())
     row = {image_id: i for i, image_id in enumerate(ids)}
     samples = [store[i] for i in ids]
@@ -102,16 +102,25 @@ def main() -> None:
     p.add_argument("--precision", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--colour-scale", type=float, default=1.0, help="multiply the colour statistics by this")
+    p.add_argument("--train-store", default="", help="feature store of easy-VQA train (default: built in)")
+    p.add_argument("--test-store", default="", help="feature store of easy-VQA test (default: built in)")
+    p.add_argument("--keep-dims", type=int, default=0, help="keep only the first N feature values")
+    p.add_argument("--drop-first-region", action="store_true", help="drop region 0 (a whole-image box)")
+    p.add_argument("--xr-init", action="store_true", help="lxmert: cross/region layers start as copies of text layers")
     p.add_argument("--override", nargs="*", default=[], help="model overrides key=value (int/float)")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     cache = os.environ.get("VLM_CACHE", os.path.expanduser("~/.cache/vlm"))
     tok = vlm.load_tokenizer()
     answers = easy_vqa.get_answers()
-    train = load_split("train", tok, answers, cache)
-    test = load_split("test", tok, answers, cache, args.test_questions)
+    train = load_split("train", tok, answers, cache, store_dir=args.train_store)
+    test = load_split("test", tok, answers, cache, args.test_questions, store_dir=args.test_store)
     for d in (train, test):
         d["feats"][..., 320:] *= args.colour_scale
+        if args.keep_dims:
+            d["feats"] = d["feats"][..., :args.keep_dims].contiguous()
+        if args.drop_first_region:
+            d["feats"], d["boxes"] = d["feats"][:, 1:].contiguous(), d["boxes"][:, 1:].contiguous()
     over = {k: (float(v) if "." in v or "e" in v else int(v)) for k, v in (o.split("=") for o in args.override)}
     drop = {"hidden_dropout_prob": args.dropout, "attention_probs_dropout_prob": args.dropout}
     if args.init:
@@ -122,6 +131,17 @@ def main() -> None:
                                  visual_feat_dim=int(train["feats"].shape[-1]), text_init="all-minilm-l6-v2",
                                  **drop, **over)
         text_keys = set(vlm.load_text_weights(model, "all-minilm-l6-v2"))
+        if args.xr_init and args.arch == "lxmert":
+            enc = model.encoder
+            n = len(enc.text_layers)
+            for i, layer in enumerate(enc.cross_layers):
+                src = enc.text_layers[n - len(enc.cross_layers) + i]
+                for name in ("cross", "text_self", "region_self"):
+                    getattr(layer, name).load_state_dict(src.attn.state_dict())
+                layer.text_ffn.load_state_dict(src.ffn.state_dict())
+                layer.region_ffn.load_state_dict(src.ffn.state_dict())
+            for i, layer in enumerate(enc.region_layers):
+                layer.load_state_dict(enc.text_layers[i].state_dict())
     groups = []
     for mult, names in ((1.0, text_keys), (args.new_lr_mult, None)):
         sub = torch.nn.Module()

@@ -251,3 +251,19 @@ def test_training_attention_takes_the_math_kernel_on_cpu_and_matches_inference()
     assert not any("flash_attention" in k for k in ops(training)), ops(training)
     assert any("flash_attention" in k for k in ops(inference))  # SDPA's own choice for fp32 CPU inference
     torch.testing.assert_close(got.detach(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_init_text_starts_region_and_cross_layers_from_the_text_layers():
+    model = vlm.create_model("lxmert-mini", task="vqa", num_answers=3, text_init="all-minilm-l6-v2",
+                             cross_init="text")
+    enc = model.encoder
+    eq = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # noqa: E731
+    assert eq(enc.region_layers[0], enc.text_layers[0]) and eq(enc.region_layers[1], enc.text_layers[1])
+    last = enc.text_layers[-1]  # lxmert-mini: 6 text layers, 2 cross layers -> cross layer 1 copies text layer 5
+    for attn in (enc.cross_layers[1].cross, enc.cross_layers[1].text_self, enc.cross_layers[1].region_self):
+        assert eq(attn, last.attn)
+    assert eq(enc.cross_layers[1].region_ffn, last.ffn) and eq(enc.cross_layers[0].text_ffn, enc.text_layers[4].ffn)
+    plain = vlm.create_model("lxmert-mini", task="vqa", num_answers=3, text_init="all-minilm-l6-v2")
+    assert not eq(plain.encoder.region_layers[0], plain.encoder.text_layers[0])
+    with pytest.raises(vlm.ConfigError, match="model.cross_init: expected 'random' or 'text', got 'bert'"):
+        vlm.create_model("lxmert-mini", cross_init="bert")

@@ -60,6 +60,7 @@ class ModelConfig:
     num_answers: int = 0  # answer table size of the QA head (0: no QA head in the pretraining model)
     num_labels: int = 2  # classes of the [CLS] classifier
     text_init: str | None = None  # initialise the text side from a BERT: "all-minilm-l6-v2" or a local HF folder
+    cross_init: str = "random"  # LXMERT with text_init: "random", or "text" (region and cross layers copy BERT layers)
 
     def validate(self) -> None:
         """Check cross-field constraints.
@@ -86,6 +87,8 @@ class ModelConfig:
         for name in ("pad_token_id", "sep_token_id") if self.arch == "vilbert" else ("pad_token_id",):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ConfigError(f"model.{name} ({getattr(self, name)}) must be in [0, vocab_size={self.vocab_size})")
+        if self.cross_init not in ("random", "text"):
+            raise ConfigError(f"model.cross_init: expected 'random' or 'text', got {self.cross_init!r}")
         if self.region_token_type >= self.type_vocab_size:
             raise ConfigError(
                 f"model.region_token_type ({self.region_token_type}) must be < model.type_vocab_size "

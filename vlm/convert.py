@@ -384,4 +384,34 @@ def load_text_weights(model: VLMModel, name_or_path: str) -> list[str]:
         new[k] = v
     model.load_state_dict(new, strict=False)
     logger.info("initialised %d text-side weights from %s", len(new), path)
+    if cfg.arch == "lxmert" and cfg.cross_init == "text":
+        new.update(_copy_text_layers(model))
     return sorted(new)
+
+
+def _copy_text_layers(model: VLMModel) -> dict[str, torch.Tensor]:
+    """LXMERT ``cross_init="text"``: start the region and cross-modality layers from the (just loaded) text layers.
+
+    Object-relationship layer i copies text layer i; cross-modality layer i copies text layer ``l - x + i`` (the last
+    ones) into each of its three attentions (the shared cross-attention and both self-attentions) and both FFNs. Only
+    the region encoder, pooler and heads then start random: the new layers begin with working attention instead of
+    random projections. Returns the weights set, by name.
+    """
+    enc = model.encoder
+    text = enc.text_layers
+    if len(enc.region_layers) > len(text) or len(enc.cross_layers) > len(text):
+        raise ValueError(f"cross_init='text' needs at least as many text layers ({len(text)}) as region "
+                         f"({len(enc.region_layers)}) and cross ({len(enc.cross_layers)}) layers")
+    for i, layer in enumerate(enc.region_layers):
+        layer.load_state_dict(text[i].state_dict())
+    for i, layer in enumerate(enc.cross_layers):
+        src = text[len(text) - len(enc.cross_layers) + i]
+        for attn in (layer.cross, layer.text_self, layer.region_self):
+            attn.load_state_dict(src.attn.state_dict())
+        for ffn in (layer.text_ffn, layer.region_ffn):
+            ffn.load_state_dict(src.ffn.state_dict())
+    prefix = "encoder."
+    names = {f"{prefix}region_layers.{k}": v for k, v in enc.region_layers.state_dict().items()}
+    names.update({f"{prefix}cross_layers.{k}": v for k, v in enc.cross_layers.state_dict().items()})
+    logger.info("cross_init=text: %d region/cross-layer weights copied from the text layers", len(names))
+    return names
