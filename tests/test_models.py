@@ -267,3 +267,25 @@ def test_cross_init_text_starts_region_and_cross_layers_from_the_text_layers():
     assert not eq(plain.encoder.region_layers[0], plain.encoder.text_layers[0])
     with pytest.raises(vlm.ConfigError, match="model.cross_init: expected 'random' or 'text', got 'bert'"):
         vlm.create_model("lxmert-mini", cross_init="bert")
+
+
+def test_classifier_head_mlp_by_default_linear_on_request_and_for_older_checkpoints(tmp_path):
+    mlp = tiny("lxmert-mini", task="classification", num_labels=3)
+    assert [type(m).__name__ for m in mlp.classifier.children()] == ["Linear", "LayerNorm", "Linear"]
+    assert mlp.classifier.fc1.out_features == 2 * 32 and mlp.classifier.fc2.out_features == 3
+    lin = tiny("vilbert-mini", task="classification", num_labels=3, classifier_head="linear")
+    assert lin.classifier.linear.in_features == 32 and not hasattr(lin.classifier, "fc1")
+    b = make_batch()
+    # MLP head: LayerNorm between the layers, so the logits are not an affine function of the pooled vector
+    out = mlp.eval()(b)
+    h = torch.nn.functional.gelu(mlp.classifier.fc1(out.pooled))
+    torch.testing.assert_close(out.logits, mlp.classifier.fc2(mlp.classifier.norm(h)))
+    # a checkpoint written before the field existed had BERT's linear classifier: it still loads, as linear
+    lin.save_pretrained(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["model"]["classifier_head"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    again = vlm.from_pretrained(tmp_path / "old").eval()
+    torch.testing.assert_close(again(b).logits, lin.eval()(b).logits, atol=0, rtol=0)
+    with pytest.raises(vlm.ConfigError, match="model.classifier_head: expected 'mlp' or 'linear', got 'deep'"):
+        vlm.create_model("lxmert-mini", task="classification", classifier_head="deep")

@@ -61,6 +61,7 @@ class ModelConfig:
     num_labels: int = 2  # classes of the [CLS] classifier
     text_init: str | None = None  # initialise the text side from a BERT: "all-minilm-l6-v2" or a local HF folder
     cross_init: str = "random"  # LXMERT with text_init: "random", or "text" (region and cross layers copy BERT layers)
+    classifier_head: str = "mlp"  # [CLS] classifier: "mlp" (LXMERT's NLVR2 head) or "linear" (BERT's)
 
     def validate(self) -> None:
         """Check cross-field constraints.
@@ -89,6 +90,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} ({getattr(self, name)}) must be in [0, vocab_size={self.vocab_size})")
         if self.cross_init not in ("random", "text"):
             raise ConfigError(f"model.cross_init: expected 'random' or 'text', got {self.cross_init!r}")
+        if self.classifier_head not in ("mlp", "linear"):
+            raise ConfigError(f"model.classifier_head: expected 'mlp' or 'linear', got {self.classifier_head!r}")
         if self.region_token_type >= self.type_vocab_size:
             raise ConfigError(
                 f"model.region_token_type ({self.region_token_type}) must be < model.type_vocab_size "

@@ -90,12 +90,27 @@ class AnswerHead(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """BERT's sequence classifier on the pooled ``[CLS]``: dropout → Linear(H, num_labels)."""
+    """The ``[CLS]`` classifier over ``num_labels``, by ``cfg.classifier_head``.
+
+    ``"mlp"`` (default): LXMERT's NLVR2 head, Linear(H, 2H) → GeLU → LayerNorm → Linear(2H, num_labels) (as MMF's
+    classifiers, a hidden layer): a label that depends on *how* text and image relate ("the shape is red") is an XOR of
+    what the pooled vector holds about each, which a linear read-out cannot express. ``"linear"``: BERT's sequence
+    classifier, dropout → Linear(H, num_labels).
+    """
 
     def __init__(self, cfg: ModelConfig, num_labels: int):
         super().__init__()
-        self.drop = nn.Dropout(cfg.hidden_dropout_prob)
-        self.linear = nn.Linear(cfg.hidden_size, num_labels)
+        h = cfg.hidden_size
+        self.kind = cfg.classifier_head
+        if self.kind == "linear":
+            self.drop = nn.Dropout(cfg.hidden_dropout_prob)
+            self.linear = nn.Linear(h, num_labels)
+        else:
+            self.fc1 = nn.Linear(h, 2 * h)
+            self.norm = nn.LayerNorm(2 * h, eps=cfg.layer_norm_eps)
+            self.fc2 = nn.Linear(2 * h, num_labels)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.drop(pooled))
+        if self.kind == "linear":
+            return self.linear(self.drop(pooled))
+        return self.fc2(self.norm(nn.functional.gelu(self.fc1(pooled))))

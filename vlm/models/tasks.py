@@ -226,6 +226,8 @@ def from_pretrained(directory: str | Path, task: str | None = None, strict: bool
     except (json.JSONDecodeError, KeyError) as e:
         raise ConfigError(f"{cfg_path}: not a vlm config (expected keys 'task' and 'model'): {e}") from None
     cfg = ModelConfig()
+    if isinstance(model_dict, dict) and "classifier_head" not in model_dict:
+        cfg.classifier_head = "linear"  # written before the field existed: the classifier was BERT's linear one
     apply_dict(cfg, model_dict, prefix="model.")
     if overrides:
         apply_dict(cfg, overrides, prefix="model.")
