@@ -148,7 +148,7 @@ def _setup_logging(quiet: bool) -> None:
 def _run(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None,
          body: Callable[[argparse.Namespace], int]) -> int:
     """Parse, run, and turn user errors into one stderr line and status 2."""
-    from features.errors import FeaturesError
+    from features.errors import FeaturesError, one_line
 
     try:
         args = parser.parse_args(argv)
@@ -157,7 +157,7 @@ def _run(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     try:
         return body(args)
     except FeaturesError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -7,6 +7,8 @@ so the command line prints ``str(error)`` and exits with status 2 instead of sho
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BackendUnavailableError",
     "FeaturesError",
@@ -16,6 +18,7 @@ __all__ = [
     "StoreError",
     "TSVFormatError",
     "WeightsError",
+    "one_line",
 ]
 
 
@@ -49,3 +52,21 @@ class ShardError(StoreError):
 
 class TSVFormatError(FeaturesError):
     """A row of a bottom-up-attention TSV file is malformed."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` as one line.
+
+    PyTorch re-raises an exception from a DataLoader worker process with the worker's whole traceback inside the
+    message ("Caught DataError in DataLoader worker process 0. Original Traceback ..."); its last line holds the
+    original ``module.Class: message``, which is what the user needs.
+    """
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1].strip()
+    head, sep, message = last.partition(": ")
+    if sep and head.replace(".", "").replace("_", "").isalnum():
+        last = message
+    worker = re.search(r"DataLoader worker process (\d+)", text)
+    return f"{last} (in DataLoader worker {worker.group(1)})" if worker else last

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from features.errors import FeaturesError
+from features.errors import FeaturesError, one_line
 from vlm.errors import VLMError
 
 logger = logging.getLogger(__name__)
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = func(args)
     except (VLMError, FeaturesError, FileNotFoundError, ValueError) as e:
-        print(f"vlm {args.command}: error: {e}", file=sys.stderr)
+        print(f"vlm {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     logger.info("vlm %s finished in %.1fs", args.command, time.perf_counter() - start)
     return code

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from features.errors import ShardError, StoreError
+from features.errors import ShardError, StoreError, one_line
 from features.extract import decode_image
 from features.store import FeatureStore, ShardWriter, finalize_store, reindex_store, stream
 from features.store.format import FORMAT_VERSION, INDEX_DTYPE_V1, INDEX_ENTRIES, MANIFEST
@@ -612,6 +612,31 @@ def test_one_flipped_byte_is_caught_by_both_readers_and_inspect(damage, tmp_path
     assert vlm_main(["features", "inspect", str(s)]) == 1
     out = capsys.readouterr().out
     assert "CHECKSUM" in out and f"damaged samples: {image_id!r} (1 of" in out
+
+
+class _StoreReads(torch.utils.data.Dataset):
+    def __init__(self, directory: Path) -> None:
+        self.directory, self.store = directory, None
+
+    def __len__(self) -> int:
+        return len(IDS)
+
+    def __getitem__(self, i: int):
+        self.store = self.store or FeatureStore(self.directory)
+        return self.store[IDS[i]]["feats"]
+
+
+def test_damage_found_inside_a_dataloader_worker_is_one_line(tmp_path):
+    s = _store(tmp_path / "s")
+    image_id, message = _feats_byte(s)
+    loader = torch.utils.data.DataLoader(_StoreReads(s), batch_size=None, num_workers=1)
+    with pytest.raises(ShardError) as e:  # PyTorch re-raises the worker's error class, traceback in the message
+        list(loader)
+    assert "Original Traceback" in str(e.value) and len(str(e.value).splitlines()) > 3
+    line = one_line(e.value)
+    assert "\n" not in line and message in line and line.endswith("(in DataLoader worker 0)")
+    assert not line.startswith("features.errors")
+    assert one_line(ShardError("plain message")) == "plain message"
 
 
 def test_corrupt_json_member_unverified_is_still_a_named_error(tmp_path):
