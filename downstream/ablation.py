@@ -120,17 +120,29 @@ def _row(condition: str, kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
 
 def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path | None = None,
            train_baselines: bool = False, dist: D.DistInfo = D.DistInfo(), show_progress: bool = True,
-           batch_size: int = 128) -> dict[str, Any]:
+           batch_size: int = 128, pretrain_cfg: Any = None) -> dict[str, Any]:
     """Run the modality ablation and write its four files into ``out_dir``; returns the results dict.
 
     Args:
         cfg: the fine-tuning config of the fused model (and of the trained baselines: same config and budget).
         checkpoint: a fine-tuned model folder; without it the fused model is trained first with ``cfg``.
         train_baselines: also train and evaluate the text-only and image-only models.
+        pretrain_cfg: a :class:`pretraining.run.PretrainConfig`; only used without ``checkpoint``: the default
+            pipeline, pretraining into ``<out>/pretrain`` first and fine-tuning the fused model (and the baselines)
+            from its checkpoint.
     """
     out = Path(out_dir)
     cache = cfg.data.cache_dir
     fused_cfg = dataclasses.replace(cfg, modality="fused")
+    if checkpoint is None and pretrain_cfg is not None:
+        from pretraining.run import pretrain
+
+        logger.warning("no --checkpoint: pretraining first (%s, %d steps) into %s", pretrain_cfg.preset,
+                       pretrain_cfg.train.max_steps, out / "pretrain")
+        if not pretrain_cfg.data.cache_dir:
+            pretrain_cfg.data.cache_dir = cache
+        summary = pretrain(pretrain_cfg, out_dir=out / "pretrain", dist=dist, show_progress=show_progress)
+        fused_cfg.init = str(summary.get("model") or out / "pretrain" / "model")
     if checkpoint is None:
         logger.warning("no --checkpoint: training the fused model first (%s, %s)", cfg.task, cfg.init)
         FinetuneRun(fused_cfg, out_dir=out / "fused", dist=dist, show_progress=show_progress).run()

@@ -269,7 +269,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     from downstream.finetune import load_finetune_config
     from vlm.engine.distributed import DistInfo
 
-    overrides = list(args.overrides)
+    pre_overrides = [o[len("pretrain."):] for o in args.overrides if o.startswith("pretrain.")]
+    overrides = [o for o in args.overrides if not o.startswith("pretrain.")]
     for flag, key in ((args.data, "data.train"), (args.eval_data, "data.eval"), (args.features, "data.features"),
                       (args.eval_features, "data.eval_features"), (args.init, "init")):
         if flag is not None:
@@ -277,14 +278,51 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     cfg = load_finetune_config(args.config, args.task, args.arch if args.checkpoint is None else None, overrides)
     if not cfg.data.cache_dir:
         cfg.data.cache_dir = os.environ.get("VLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlm"))
+    pretrain_cfg = _ablate_pretrain_config(args, cfg, overrides, pre_overrides)
     dist = DistInfo.from_env(os.environ)
     out = args.out or f"runs/ablate-{args.arch or 'lxmert'}-{cfg.task}"
     result = ablate(cfg, out_dir=out, checkpoint=args.checkpoint, train_baselines=args.train_baselines, dist=dist,
-                    show_progress=not args.no_progress)
+                    show_progress=not args.no_progress, pretrain_cfg=pretrain_cfg)
     if dist.is_main:
         print(results_table(result))
         print(f"plot: {os.path.join(out, 'ablation.png')}  (results.json, results.csv, results.md beside it)")
     return 0
+
+
+def _ablate_pretrain_config(args: argparse.Namespace, cfg, overrides: list[str], pre_overrides: list[str]):
+    """The pretraining run of `vlm ablate`'s default pipeline, or None when the fused model needs none.
+
+    Without --checkpoint, the fused model is fine-tuned from ``cfg.init``. When that is only a model preset (not a
+    checkpoint folder) and --init was not given, the default pipeline pretrains first (``--pretrain-config``, default
+    the architecture's preset; ``pretrain.KEY=VALUE`` overrides it; ``model.*`` overrides apply to both runs).
+    Pretraining reads the built-in easy-VQA texts, so it runs only for the built-in data; other data fine-tune from
+    the preset, with a warning.
+    """
+    import logging
+    from pathlib import Path
+
+    from downstream.data import BUILTIN
+    from downstream.finetune import _init_arch
+    from pretraining.run import load_pretrain_config
+
+    if args.checkpoint is not None or args.init is not None or args.no_pretrain:
+        return None
+    if (Path(cfg.init) / "config.json").is_file():
+        return None
+    if cfg.data.train and cfg.data.train not in ("easy-vqa", BUILTIN[cfg.task]):
+        logging.getLogger("vlm.cli").warning(
+            "no pretraining: the default pipeline pretrains on the built-in easy-VQA texts only; fine-tuning "
+            "%s from the preset %s (pretrain with `vlm pretrain` and pass --init to start from it)",
+            cfg.data.train, cfg.init)
+        return None
+    arch = _init_arch(cfg.init)
+    pre = [o for o in overrides if o.startswith("model.")]
+    for flag, key in ((args.features, "data.features"), (args.eval_features, "data.eval_features")):
+        if flag is not None:
+            pre.append(f"{key}={flag}")
+    pcfg = load_pretrain_config(args.pretrain_config, arch, pre + pre_overrides)
+    pcfg.data.cache_dir = pcfg.data.cache_dir or cfg.data.cache_dir
+    return pcfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -369,14 +407,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-baselines", action="store_true",
                    help="also train text-only and image-only models with the same config and budget")
     p.add_argument("--config", default=None, help="fine-tuning preset or YAML (default <arch>-<task>)")
-    p.add_argument("--init", default=None, help="model preset or pretraining checkpoint to fine-tune from")
+    p.add_argument("--init", default=None,
+                   help="model preset or pretraining checkpoint to fine-tune from (given: no pretraining step)")
+    p.add_argument("--pretrain-config", default=None,
+                   help="without --checkpoint/--init: the pretraining preset or YAML run first (default <arch>)")
+    p.add_argument("--no-pretrain", action="store_true",
+                   help="without --checkpoint: fine-tune the fused model from the preset, no pretraining step")
     p.add_argument("--data", default=None)
     p.add_argument("--eval-data", default=None)
     p.add_argument("--features", default=None)
     p.add_argument("--eval-features", default=None)
     p.add_argument("--out", default=None, help="run folder (default runs/ablate-<arch>-<task>)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="dotted overrides of the fine-tuning config")
+    p.add_argument("overrides", nargs="*",
+                   help="dotted overrides of the fine-tuning config; pretrain.KEY=VALUE for the pretraining run")
     p.set_defaults(func=_cmd_ablate)
 
     p = sub.add_parser("demo", help="forward every preset on real easy-VQA questions and images (CPU, ~1 min)")

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import vlm
@@ -115,9 +116,19 @@ def test_vlm_ablate_end_to_end_writes_four_files(tmp_path, easy_vqa_stores, caps
     assert main(["ablate", "--arch", "vilbert", "--task", "vqa", "--train-baselines", "--data", "easy-vqa",
                  "--features", easy_vqa_stores[0], "--eval-data", "easy-vqa", "--eval-features", easy_vqa_stores[1],
                  "--out", str(out), "--no-progress", "train.max_steps=3", "train.batch_size=8",
-                 "data.train_limit=96", "data.eval_limit=24", "train.precision=fp32", *tiny]) == 0
+                 "data.train_limit=96", "data.eval_limit=24", "train.precision=fp32", *tiny,
+                 "pretrain.train.max_steps=2", "pretrain.train.batch_size=8", "pretrain.train.precision=fp32",
+                 "pretrain.data.train_limit=64", "pretrain.data.eval_limit=16"]) == 0
     for name in ("results.json", "results.csv", "results.md", "ablation.png"):
         assert (out / name).is_file()
+    # no --checkpoint, no --init: the default pipeline pretrains first, and the fused model and both baselines are
+    # fine-tuned from that checkpoint (same init, same budget)
+    pretrained = out / "pretrain" / "model"
+    assert (pretrained / "config.json").is_file()
+    for run in ("fused", "text-only", "image-only"):
+        run_cfg = yaml.safe_load((out / run / "config.yaml").read_text())
+        assert run_cfg["init"] == str(pretrained), run
+        assert run_cfg["train"]["max_steps"] == 3
     result = json.loads((out / "results.json").read_text())
     conditions = [r["condition"] for r in result["rows"]]
     assert conditions == ["fused", "text-only (test-time)", "image-only (test-time)", "text-only (trained)",
@@ -130,3 +141,38 @@ def test_vlm_ablate_end_to_end_writes_four_files(tmp_path, easy_vqa_stores, caps
     with Image.open(out / "ablation.png") as im:
         assert im.format == "PNG" and im.size[0] >= 800 and im.size[1] >= 400
     assert "plot:" in capsys.readouterr().out
+
+
+def _ablate_args(*argv):
+    from vlm.cli import build_parser
+
+    return build_parser().parse_args(["ablate", *argv])
+
+
+@pytest.mark.parametrize("argv, pretrains", [
+    (["--arch", "lxmert"], True),  # the default pipeline: pretrain, then fine-tune from it
+    (["--arch", "lxmert", "--task", "classify"], True),  # statements are easy-VQA images: same pretraining
+    (["--arch", "lxmert", "--init", "lxmert-mini"], False),  # an explicit init: fine-tune from it
+    (["--arch", "lxmert", "--no-pretrain"], False),
+    (["--arch", "lxmert", "--checkpoint", "runs/x/model"], False),
+    (["--arch", "vilbert", "--data", "my/vqa.json"], False),  # not built-in data: warned, no easy-VQA pretraining
+])
+def test_ablate_default_pipeline_decides_when_to_pretrain(argv, pretrains, caplog):
+    from downstream.finetune import load_finetune_config
+    from vlm.cli import _ablate_pretrain_config
+
+    args = _ablate_args(*argv, "model.hidden_dropout_prob=0.1", "pretrain.train.max_steps=7")
+    overrides = [o for o in args.overrides if not o.startswith("pretrain.")]
+    if args.data:
+        overrides.append(f"data.train={args.data}")
+    if args.init:
+        overrides.append(f"init={args.init}")
+    cfg = load_finetune_config(args.config, args.task, args.arch if args.checkpoint is None else None, overrides)
+    pcfg = _ablate_pretrain_config(args, cfg, overrides, ["train.max_steps=7"])
+    assert (pcfg is not None) == pretrains
+    if pcfg is not None:
+        assert pcfg.model_config().arch == args.arch
+        assert pcfg.train.max_steps == 7  # pretrain.* overrides reach the pretraining run
+        assert pcfg.model["hidden_dropout_prob"] == 0.1  # model.* overrides apply to both runs
+    if args.data:
+        assert "no pretraining" in caplog.text and "my/vqa.json" in caplog.text
