@@ -140,7 +140,8 @@ def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path |
         logger.warning("no --checkpoint: pretraining first (%s, %d steps) into %s", pretrain_cfg.preset,
                        pretrain_cfg.train.max_steps, out / "pretrain")
         if not pretrain_cfg.data.cache_dir:
-            pretrain_cfg.data.cache_dir = cache
+            pretrain_cfg = dataclasses.replace(pretrain_cfg, data=dataclasses.replace(pretrain_cfg.data,
+                                                                                    cache_dir=cache))
         summary = pretrain(pretrain_cfg, out_dir=out / "pretrain", dist=dist, show_progress=show_progress)
         fused_cfg.init = str(summary.get("model") or out / "pretrain" / "model")
     if checkpoint is None:

@@ -266,19 +266,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     import os
 
     from downstream.ablation import ablate, results_table
-    from downstream.finetune import load_finetune_config
     from vlm.engine.distributed import DistInfo
 
-    pre_overrides = [o[len("pretrain."):] for o in args.overrides if o.startswith("pretrain.")]
-    overrides = [o for o in args.overrides if not o.startswith("pretrain.")]
-    for flag, key in ((args.data, "data.train"), (args.eval_data, "data.eval"), (args.features, "data.features"),
-                      (args.eval_features, "data.eval_features"), (args.init, "init")):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
-    cfg = load_finetune_config(args.config, args.task, args.arch if args.checkpoint is None else None, overrides)
-    if not cfg.data.cache_dir:
-        cfg.data.cache_dir = os.environ.get("VLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlm"))
-    pretrain_cfg = _ablate_pretrain_config(args, cfg, overrides, pre_overrides)
+    cfg, pretrain_cfg = _ablate_configs(args)
     dist = DistInfo.from_env(os.environ)
     out = args.out or f"runs/ablate-{args.arch or 'lxmert'}-{cfg.task}"
     result = ablate(cfg, out_dir=out, checkpoint=args.checkpoint, train_baselines=args.train_baselines, dist=dist,
@@ -289,8 +279,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ablate_pretrain_config(args: argparse.Namespace, cfg, overrides: list[str], pre_overrides: list[str]):
-    """The pretraining run of `vlm ablate`'s default pipeline, or None when the fused model needs none.
+def _ablate_configs(args: argparse.Namespace):
+    """`vlm ablate`'s fine-tuning config and the pretraining config of its default pipeline (None: no pretraining).
 
     Without --checkpoint, the fused model is fine-tuned from ``cfg.init``. When that is only a model preset (not a
     checkpoint folder) and --init was not given, the default pipeline pretrains first (``--pretrain-config``, default
@@ -298,31 +288,36 @@ def _ablate_pretrain_config(args: argparse.Namespace, cfg, overrides: list[str],
     Pretraining reads the built-in easy-VQA texts, so it runs only for the built-in data; other data fine-tune from
     the preset, with a warning.
     """
-    import logging
+    import os
     from pathlib import Path
 
     from downstream.data import BUILTIN
-    from downstream.finetune import _init_arch
+    from downstream.finetune import _init_arch, load_finetune_config
     from pretraining.run import load_pretrain_config
 
+    pre_overrides = [o[len("pretrain."):] for o in args.overrides if o.startswith("pretrain.")]
+    overrides = [o for o in args.overrides if not o.startswith("pretrain.")]
+    for flag, key in ((args.data, "data.train"), (args.eval_data, "data.eval"), (args.features, "data.features"),
+                      (args.eval_features, "data.eval_features"), (args.init, "init")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    cfg = load_finetune_config(args.config, args.task, args.arch if args.checkpoint is None else None, overrides)
+    if not cfg.data.cache_dir:
+        cfg.data.cache_dir = os.environ.get("VLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlm"))
     if args.checkpoint is not None or args.init is not None or args.no_pretrain:
-        return None
+        return cfg, None
     if (Path(cfg.init) / "config.json").is_file():
-        return None
+        return cfg, None
     if cfg.data.train and cfg.data.train not in ("easy-vqa", BUILTIN[cfg.task]):
-        logging.getLogger("vlm.cli").warning(
-            "no pretraining: the default pipeline pretrains on the built-in easy-VQA texts only; fine-tuning "
-            "%s from the preset %s (pretrain with `vlm pretrain` and pass --init to start from it)",
-            cfg.data.train, cfg.init)
-        return None
-    arch = _init_arch(cfg.init)
+        logger.warning("no pretraining: the default pipeline pretrains on the built-in easy-VQA texts only; "
+                       "fine-tuning %s from the preset %s (pretrain with `vlm pretrain` and pass --init to start "
+                       "from it)", cfg.data.train, cfg.init)
+        return cfg, None
     pre = [o for o in overrides if o.startswith("model.")]
     for flag, key in ((args.features, "data.features"), (args.eval_features, "data.eval_features")):
         if flag is not None:
             pre.append(f"{key}={flag}")
-    pcfg = load_pretrain_config(args.pretrain_config, arch, pre + pre_overrides)
-    pcfg.data.cache_dir = pcfg.data.cache_dir or cfg.data.cache_dir
-    return pcfg
+    return cfg, load_pretrain_config(args.pretrain_config, _init_arch(cfg.init), pre + pre_overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -158,17 +158,10 @@ def _ablate_args(*argv):
     (["--arch", "vilbert", "--data", "my/vqa.json"], False),  # not built-in data: warned, no easy-VQA pretraining
 ])
 def test_ablate_default_pipeline_decides_when_to_pretrain(argv, pretrains, caplog):
-    from downstream.finetune import load_finetune_config
-    from vlm.cli import _ablate_pretrain_config
+    from vlm.cli import _ablate_configs
 
     args = _ablate_args(*argv, "model.hidden_dropout_prob=0.1", "pretrain.train.max_steps=7")
-    overrides = [o for o in args.overrides if not o.startswith("pretrain.")]
-    if args.data:
-        overrides.append(f"data.train={args.data}")
-    if args.init:
-        overrides.append(f"init={args.init}")
-    cfg = load_finetune_config(args.config, args.task, args.arch if args.checkpoint is None else None, overrides)
-    pcfg = _ablate_pretrain_config(args, cfg, overrides, ["train.max_steps=7"])
+    _, pcfg = _ablate_configs(args)
     assert (pcfg is not None) == pretrains
     if pcfg is not None:
         assert pcfg.model_config().arch == args.arch
