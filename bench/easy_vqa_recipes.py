@@ -24,16 +24,15 @@ import easy_vqa
 import torch
 
 import vlm
-from downstream.vqa import EASY_VQA_COLOURS, easy_vqa_question_type
+from vlm.data.easy_vqa import EASY_VQA_COLOURS, easy_vqa_question_type
 from features.store import FeatureStore
-from pretraining.run import builtin_store
-from vlm.engine import distributed as D
+from features.builtin import builtin_store, default_cache_dir
 from vlm.engine.trainer import param_groups
 from vlm.precision import autocast
 
 
 def load_split(split: str, tokenizer, answers: list[str], cache: str, limit: int = 0, store_dir: str = ""):
-    store = FeatureStore(store_dir or builtin_store(split, cache, "auto", D.DistInfo()))
+    store = FeatureStore(store_dir or builtin_store(split, cache, "auto"))
     ids = list(store.ids())
     row = {image_id: i for i, image_id in enumerate(ids)}
     samples = [store[i] for i in ids]
@@ -110,7 +109,7 @@ def main() -> None:
     p.add_argument("--override", nargs="*", default=[], help="model overrides key=value (int/float)")
     args = p.parse_args()
     torch.manual_seed(args.seed)
-    cache = os.environ.get("VLM_CACHE", os.path.expanduser("~/.cache/vlm"))
+    cache = str(default_cache_dir(os.environ))
     tok = vlm.load_tokenizer()
     answers = easy_vqa.get_answers()
     train = load_split("train", tok, answers, cache, store_dir=args.train_store)

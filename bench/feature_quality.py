@@ -43,7 +43,7 @@ import easy_vqa
 import numpy as np
 import torch
 
-from downstream.vqa import EASY_VQA_COLOURS, EASY_VQA_SHAPES, easy_vqa_question_type
+from vlm.data.easy_vqa import EASY_VQA_COLOURS, EASY_VQA_SHAPES, easy_vqa_question_type
 from features.backends import create_extractor
 from features.extract import extract, load_image
 from features.sources import resolve_source

@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import vlm  # noqa: E402
 from features.extract import extract  # noqa: E402
 from features.store import FeatureStore, stream  # noqa: E402
-from pretraining.data import PretrainData, answer_table, read_easy_vqa  # noqa: E402
+from pretraining.data import PretrainData, answer_vocab, read_texts  # noqa: E402
 from pretraining.objectives import build_objectives  # noqa: E402
 from pretraining.task import PretrainTask  # noqa: E402
 from vlm.config import TrainConfig  # noqa: E402
@@ -159,8 +159,8 @@ def main() -> None:
     root = Path(args.root or tempfile.mkdtemp(prefix="vlm-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     store1 = build_store(root, 1)
-    texts = read_easy_vqa("train")
-    answers = answer_table(texts)
+    texts = read_texts("easy-vqa", "train")
+    answers = answer_vocab(texts)
     tok = vlm.load_tokenizer()
     data = PretrainData(texts, FeatureStore(store1), tok, answers, seed=0)
     model = vlm.create_model(f"{args.arch}-mini", task="pretraining", visual_feat_dim=data.store.feature_dim,

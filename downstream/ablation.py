@@ -25,19 +25,23 @@ import io
 import json
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vlm.data.easy_vqa import is_builtin
+from vlm.data.readers import read_classification, read_vqa
+from vlm.data.vqa import normalize_answer
 from vlm.engine import distributed as D
 from vlm.io import write_text
-from downstream.data import BUILTIN, ClassifyData, VQAData, read_classification, read_vqa
-from downstream.evaluate import evaluate, vqa_metrics
 from downstream.classification import classification_metrics
-from downstream.finetune import FinetuneConfig, FinetuneRun, load_eval_data
+from downstream.data import ClassifyData, VQAData
+from downstream.evaluate import evaluate, vqa_metrics
+from downstream.finetune import FinetuneConfig, finetune, init_arch, load_eval_data, load_finetune_config
 from downstream.modality import image_only, text_only
-from downstream.vqa import normalize_answer
+from pretraining.run import PretrainConfig, load_pretrain_config, pretrain
 
 logger = logging.getLogger(__name__)
 
@@ -118,16 +122,56 @@ def _row(condition: str, kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return {"condition": condition, "kind": kind, "overall": overall, "per_type": dict(types), "n": metrics.get("n")}
 
 
+def ablation_configs(*, arch: str | None = None, task: str | None = None, config: str | None = None,
+                     checkpoint: str | None = None, init: str | None = None, no_pretrain: bool = False,
+                     pretrain_config: str | None = None, data: str | None = None, eval_data: str | None = None,
+                     features: str | None = None, eval_features: str | None = None, cache_dir: str = "",
+                     overrides: Sequence[str] = ()) -> tuple[FinetuneConfig, PretrainConfig | None]:
+    """The ablation's fine-tuning config and the pretraining config of its default pipeline (None: no pretraining).
+
+    Without ``checkpoint``, the fused model is fine-tuned from ``cfg.init``. When that is only a model preset (not a
+    checkpoint folder) and ``init`` was not given, the default pipeline pretrains first (``pretrain_config``, default
+    the architecture's preset; ``pretrain.KEY=VALUE`` overrides it; ``model.*`` overrides apply to both runs).
+    Pretraining reads the built-in easy-VQA texts, so it runs only for built-in data; other data fine-tune from the
+    preset, with a warning.
+
+    Args:
+        overrides: ``KEY=VALUE`` for the fine-tuning config, ``pretrain.KEY=VALUE`` for the pretraining config.
+        cache_dir: the built-in features' cache folder, unless a config sets one.
+        Other arguments: the ``vlm ablate`` flags of the same names.
+    """
+    pre_overrides = [o[len("pretrain."):] for o in overrides if o.startswith("pretrain.")]
+    ft_overrides = [o for o in overrides if not o.startswith("pretrain.")]
+    for flag, key in ((data, "data.train"), (eval_data, "data.eval"), (features, "data.features"),
+                      (eval_features, "data.eval_features"), (init, "init")):
+        if flag is not None:
+            ft_overrides.append(f"{key}={flag}")
+    cfg = load_finetune_config(config, task, arch if checkpoint is None else None, ft_overrides)
+    cfg.data.cache_dir = cfg.data.cache_dir or cache_dir
+    if checkpoint is not None or init is not None or no_pretrain or (Path(cfg.init) / "config.json").is_file():
+        return cfg, None
+    if not is_builtin(cfg.train_spec()):
+        logger.warning("no pretraining: the default pipeline pretrains on the built-in easy-VQA texts only; "
+                       "fine-tuning %s from the preset %s (pretrain with `vlm pretrain` and pass --init to start "
+                       "from it)", cfg.data.train, cfg.init)
+        return cfg, None
+    pre = [o for o in ft_overrides if o.startswith(("model.", "data.features=", "data.eval_features="))]
+    pcfg = load_pretrain_config(pretrain_config, init_arch(cfg.init), pre + pre_overrides)
+    pcfg.data.cache_dir = pcfg.data.cache_dir or cfg.data.cache_dir
+    return cfg, pcfg
+
+
 def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path | None = None,
            train_baselines: bool = False, dist: D.DistInfo = D.DistInfo(), show_progress: bool = True,
-           batch_size: int = 128, pretrain_cfg: Any = None) -> dict[str, Any]:
+           batch_size: int = 128, pretrain_cfg: PretrainConfig | None = None) -> dict[str, Any]:
     """Run the modality ablation and write its four files into ``out_dir``; returns the results dict.
 
     Args:
         cfg: the fine-tuning config of the fused model (and of the trained baselines: same config and budget).
         checkpoint: a fine-tuned model folder; without it the fused model is trained first with ``cfg``.
         train_baselines: also train and evaluate the text-only and image-only models.
-        pretrain_cfg: a :class:`pretraining.run.PretrainConfig`; only used without ``checkpoint``: the default
+        pretrain_cfg: a :class:`pretraining.run.PretrainConfig` (see :func:`ablation_configs`); only used without
+            ``checkpoint``: the default
             pipeline, pretraining into ``<out>/pretrain`` first and fine-tuning the fused model (and the baselines)
             from its checkpoint.
     """
@@ -135,8 +179,6 @@ def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path |
     cache = cfg.data.cache_dir
     fused_cfg = dataclasses.replace(cfg, modality="fused")
     if checkpoint is None and pretrain_cfg is not None:
-        from pretraining.run import pretrain
-
         logger.warning("no --checkpoint: pretraining first (%s, %d steps) into %s", pretrain_cfg.preset,
                        pretrain_cfg.train.max_steps, out / "pretrain")
         if not pretrain_cfg.data.cache_dir:
@@ -146,15 +188,13 @@ def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path |
         fused_cfg.init = str(summary.get("model") or out / "pretrain" / "model")
     if checkpoint is None:
         logger.warning("no --checkpoint: training the fused model first (%s, %s)", cfg.task, cfg.init)
-        FinetuneRun(fused_cfg, out_dir=out / "fused", dist=dist, show_progress=show_progress).run()
+        finetune(fused_cfg, out_dir=out / "fused", dist=dist, show_progress=show_progress)
         checkpoint = out / "fused" / "model"
     D.barrier()
     model, data, spec, run_cfg = load_eval_data(checkpoint, data=cfg.data.eval or None,
                                                 features=cfg.data.eval_features or None, cache_dir=cache,
                                                 limit=cfg.data.eval_limit or None)
-    from pretraining.run import _device
-
-    device = _device(cfg.train.device, dist)
+    device = D.resolve_device(cfg.train.device, dist)
     model.to(device)
     rows = []
     for name, transform in (("fused", None), ("text-only (test-time)", text_only),
@@ -166,12 +206,11 @@ def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path |
             base_cfg = dataclasses.replace(run_cfg or fused_cfg, modality=modality)
             base_cfg.train = dataclasses.replace(base_cfg.train)
             base_cfg.data = dataclasses.replace(base_cfg.data, cache_dir=cache)
-            summary = FinetuneRun(base_cfg, out_dir=out / f"{modality}-only", dist=dist,
-                                  show_progress=show_progress).run()
+            summary = finetune(base_cfg, out_dir=out / f"{modality}-only", dist=dist, show_progress=show_progress)
             rows.append(_row(name, "trained", summary["metrics"]))
-    train_spec = (run_cfg.data.train if run_cfg and run_cfg.data.train else cfg.data.train) or BUILTIN[cfg.task]
-    read = read_vqa if cfg.task == "vqa" else read_classification
-    refs = reference_predictions(read(train_spec, "train"), data.examples)
+    train_spec = (run_cfg or cfg).train_spec()
+    train = read_vqa(train_spec, "train") if cfg.task == "vqa" else read_classification(train_spec, "train")[0]
+    refs = reference_predictions(train, data.examples)
     for name, preds in refs.items():
         rows.append(_row(name, "reference" if name in REFERENCE_ROWS else "ceiling", score(preds, data)))
     result = {"task": cfg.task, "arch": model.config.arch, "checkpoint": str(checkpoint), "data": spec,
@@ -225,10 +264,8 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Grouped bars (model conditions) per type, with reference rows and ceilings as dashed/dotted lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     rows = result["rows"]
     groups = ["overall"] + _types(rows)
@@ -238,9 +275,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     def value(r: dict[str, Any], g: str) -> float:
         return r["overall"] if g == "overall" else r["per_type"].get(g, np.nan)
 
-    fig, ax = plt.subplots(figsize=(max(8, 1.9 * len(groups) + 3), 5.2))
+    fig = Figure(figsize=(max(8, 1.9 * len(groups) + 3), 5.2))  # no pyplot: the caller's backend is left alone
+    ax = fig.subplots()
     width = 0.8 / max(1, len(bars))
-    colours = plt.get_cmap("tab10").colors
+    colours = colormaps["tab10"].colors
     for i, r in enumerate(bars):
         xs = np.arange(len(groups)) - 0.4 + width * (i + 0.5)
         vals = [value(r, g) for g in groups]
@@ -261,4 +299,3 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

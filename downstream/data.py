@@ -7,57 +7,18 @@ table) or ``labels`` (classification). No randomness: the engine's plan decides 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from vlm.batch import Batch
-from vlm.collate import TokenTable, join_to_store, pad_regions, regions_of
+from vlm.data.classification import ClassificationExample
+from vlm.data.collate import TokenTable, join_to_store, pad_regions, regions_of
+from vlm.data.vqa import AnswerVocab, VQAExample, answer_targets
 from vlm.errors import DataError
-from vlm.io import read_json
-from downstream.classification import ClassificationExample, ClassList, read_hateful_memes, read_jsonl
-from downstream.vqa import AnswerVocab, VQAExample, answer_targets, read_easy_vqa, read_lxmert_json, read_vqa_v2
 
 logger = logging.getLogger(__name__)
-
-BUILTIN = {"vqa": "easy-vqa", "classify": "easy-vqa-statements"}
-
-
-def read_vqa(spec: str, split: str) -> list[VQAExample]:
-    """``easy-vqa`` (built in), ``QUESTIONS.json,ANNOTATIONS.json`` (official VQA v2), ``QUESTIONS.json`` (VQA v2
-    without answers) or an LXMERT-preprocessed ``.json`` list."""
-    if spec == "easy-vqa":
-        return read_easy_vqa(split)
-    if "," in spec:
-        q, a = spec.split(",", 1)
-        return read_vqa_v2(q, a)
-    path = Path(spec)
-    if path.suffix != ".json":
-        raise DataError(f"{spec}: VQA data must be easy-vqa, QUESTIONS.json,ANNOTATIONS.json (VQA v2) or an "
-                        "LXMERT .json list")
-    head = read_json(path)
-    return read_vqa_v2(path) if isinstance(head, dict) else read_lxmert_json(path)
-
-
-def read_classification(spec: str, split: str, classes: ClassList | None = None) -> list[ClassificationExample]:
-    """``easy-vqa-statements`` (built in), a JSONL of ``{image_id, text, label}`` or the Hateful Memes layout
-    (``{id, img, label, text}``, recognised by its ``img`` field)."""
-    if spec == "easy-vqa-statements":
-        from downstream.statements import build_statements
-
-        examples, report = build_statements(split)
-        logger.info("easy-vqa-statements %s: %s", split, report.as_dict())
-        return examples
-    path = Path(spec)
-    try:
-        first = next((line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), "")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a UTF-8 JSONL file ({e})") from None
-    return read_hateful_memes(path, classes) if '"img"' in first else read_jsonl(path, classes)
 
 
 class _Joined:

@@ -16,6 +16,7 @@ import dataclasses
 import torch
 
 from vlm.batch import Batch
+from vlm.config import ConfigError
 
 
 def text_only(batch: Batch) -> Batch:
@@ -38,12 +39,15 @@ def image_only(batch: Batch) -> Batch:
                                token_type_ids=torch.zeros_like(new_ids), mlm_labels=None)
 
 
+#: The modality registry: name → ``Batch`` transform (None: both modalities).
 TRANSFORMS = {"fused": None, "text": text_only, "image": image_only}
+MODALITIES = tuple(TRANSFORMS)
 
 
 def transform_for(modality: str):
+    """The transform of a modality name (checked when the config loads; a direct caller gets a ConfigError)."""
     if modality not in TRANSFORMS:
-        raise ValueError(f"modality must be one of {', '.join(TRANSFORMS)}, got {modality!r}")
+        raise ConfigError(f"modality: expected one of {', '.join(TRANSFORMS)}, got {modality!r}")
     return TRANSFORMS[modality]
 
 

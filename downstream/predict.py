@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 import vlm
-from vlm.collate import pad_regions, regions_of
+from vlm.data.collate import pad_regions, regions_of
+from vlm.data.vqa import AnswerVocab
 from vlm.errors import DataError
 from vlm.layers import CrossModalLayer
 
@@ -95,7 +96,7 @@ def predict(checkpoint: str | Path, image: str | Path, question: str, top_k: int
         raise DataError(f"{folder}: a {model.task!r} checkpoint; vlm predict needs a fine-tuned VQA model folder")
     if not question.strip():
         raise DataError("--question is empty")
-    answers = json.loads((folder / "answers.json").read_text())
+    answers = AnswerVocab.load(folder / "answers.json").answers
     info_path = folder / "features.json"
     if not info_path.is_file():
         raise DataError(f"{folder}: no features.json (the extractor settings); re-run vlm finetune")
@@ -123,10 +124,8 @@ def predict(checkpoint: str | Path, image: str | Path, question: str, top_k: int
 def draw_attention(image: str | Path, boxes: np.ndarray, weights: np.ndarray, out: str | Path, title: str) -> None:
     """The image under a heat map: each pixel is shaded by the attention mass of the boxes covering it (a region that
     covers the whole image adds the same amount everywhere); the most attended box is outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
     from PIL import Image, ImageOps
 
     with Image.open(image) as im:
@@ -139,14 +138,14 @@ def draw_attention(image: str | Path, boxes: np.ndarray, weights: np.ndarray, ou
         heat[y1:y2, x1:x2] += wt
     span = float(heat.max() - heat.min())
     heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
-    fig, ax = plt.subplots(figsize=(6, 6 * h / max(w, 1) + 0.6))
+    fig = Figure(figsize=(6, 6 * h / max(w, 1) + 0.6))  # no pyplot: the caller's backend is left alone
+    ax = fig.subplots()
     ax.imshow(img)
     ax.imshow(heat, cmap="inferno", alpha=0.55, vmin=0.0, vmax=1.0)
     if len(weights):
         x1, y1, x2, y2 = boxes[int(np.argmax(weights))] * scale
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="cyan", linewidth=2))
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="cyan", linewidth=2))
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)

@@ -8,6 +8,8 @@ image — and stores them as webdataset shards with a manifest (see ``docs/featu
 * :class:`features.store.FeatureStore` (random access by image id) and :func:`features.store.stream` (webdataset
   pipeline): the readers used by pretraining and fine-tuning;
 * :func:`features.tsv.import_tsv` / ``vlm features import-tsv``: bottom-up-attention TSV files to shards;
+* :func:`features.builtin_store` / :func:`features.resolve_stores` (:mod:`features.builtin`): the built-in easy-VQA
+  stores, extracted on first use into a cache folder the caller gives, and the one rule for which store a run reads;
 * :func:`features.builtin_extraction` (the easy-VQA pipeline's ``(backend, options)``),
   :data:`features.DEFAULT_BUILTIN_BACKEND`, :data:`features.GRID_DEFAULTS`, :func:`features.default_extraction`: the
   measured default settings (:mod:`features.defaults`).
@@ -21,8 +23,8 @@ import importlib
 from typing import Any
 
 __all__ = ["DEFAULT_BACKEND", "DEFAULT_BUILTIN_BACKEND", "EASY_VQA_GRID", "GRID_DEFAULTS", "FeatureStore",
-           "FeaturesError", "builtin_extraction", "create_extractor", "default_extraction", "extract", "import_tsv",
-           "list_backends", "stream"]
+           "FeaturesError", "builtin_extraction", "builtin_store", "create_extractor", "default_cache_dir",
+           "default_extraction", "extract", "import_tsv", "list_backends", "resolve_stores", "stream"]
 
 _EXPORTS = {
     "FeatureStore": "features.store",
@@ -37,6 +39,9 @@ _EXPORTS = {
     "GRID_DEFAULTS": "features.defaults",
     "EASY_VQA_GRID": "features.defaults",
     "builtin_extraction": "features.defaults",
+    "builtin_store": "features.builtin",
+    "default_cache_dir": "features.builtin",
+    "resolve_stores": "features.builtin",
     "default_extraction": "features.defaults",
 }
 

@@ -7,8 +7,8 @@ Text sources (each yields :class:`TextExample`):
   into a cache folder and reused afterwards;
 * ``easy-vqa-captions`` (built in): captions of the same images, the stand-in for the COCO/Visual Genome captions
   LXMERT pretrains on. easy-VQA has no captions, but each image's colour and shape are told by its own answers
-  (:func:`downstream.statements.read_image_attributes`), so every image gets :data:`EASY_VQA_CAPTIONS` ("a red
-  circle", ...). Questions alone teach little grounding: "is there a red shape?" names a colour the image mostly does
+  (:func:`vlm.data.easy_vqa.read_image_attributes`), so every image gets
+  :data:`vlm.data.easy_vqa.CAPTION_TEMPLATES` ("a red circle", ...). Questions alone teach little grounding: "is there a red shape?" names a colour the image mostly does
   not have, so neither masked words nor image-text matching can be learnt from it; a caption's masked colour word can
   only be recovered from the image, and a mismatched caption is really false;
 * VQA v2: the official questions json (``{"questions": [{image_id, question, question_id}]}``) with its annotations
@@ -17,6 +17,9 @@ Text sources (each yields :class:`TextExample`):
 * JSONL: one ``{"image_id", "text", "answers"?}`` per line.
 
 Several sources joined by ``+`` (``easy-vqa+easy-vqa-captions``, the presets' default) are read one after another.
+The QA objective's answer table and soft targets follow the one answer rule of :mod:`vlm.data.vqa` (normalised
+answers; one given answer scores 1.0; ten human answers use ``data.soft_score_rule``), the rule fine-tuning uses, so
+every pretraining QA row carries over to a fine-tuning table built from the same answers.
 
 Texts whose image is not in the store are counted, listed (the first few ids) and reported, never dropped silently.
 A batch pads text to its longest text and regions to its most regions (``region_mask`` marks the real ones), so stores
@@ -27,9 +30,8 @@ batch size, the rank or a resume.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,25 +40,19 @@ import numpy as np
 import torch
 
 from vlm.batch import Batch
-from vlm.collate import TokenTable, join_to_store, regions_of
+from vlm.data import easy_vqa
+from vlm.data.collate import TokenTable, join_to_store, regions_of
+from vlm.data.vqa import AnswerVocab, VQAExample, answer_scores, read_vqa_v2
 from vlm.errors import DataError
-from vlm.io import read_json
+from vlm.io import jsonl_rows, read_json
 from pretraining.masking import MaskingConfig, mask_regions, mask_tokens
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("easy-vqa", "easy-vqa-captions", "vqa-v2", "coco-captions", "jsonl")
-
-#: Built-in text sources (their features come from the built-in easy-VQA extraction).
-BUILTIN_TEXTS = ("easy-vqa", "easy-vqa-captions")
-
-#: Caption templates of ``easy-vqa-captions``: every image gets one of each.
-EASY_VQA_CAPTIONS = ("a {colour} {shape}", "the {shape} is {colour}", "this image shows a {colour} {shape}")
-
 
 @dataclass
 class TextExample:
-    """One text about one image; ``answers`` holds the human answers when the text is a question."""
+    """One text about one image; ``answers`` holds the given answers when the text is a question."""
 
     image_id: str
     text: str
@@ -66,69 +62,22 @@ class TextExample:
 # ------------------------------------------------------------------------------------------------------- readers
 
 
-def _load_json(path: Path) -> Any:
-    return read_json(path)
-
-
 def _text(value: Any, where: str, field_name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{where}: field {field_name!r} must be a non-empty string, got {value!r}")
     return value
 
 
-def _from_vqa(examples: list[Any]) -> list[TextExample]:
+def _from_vqa(examples: list[VQAExample]) -> list[TextExample]:
     return [TextExample(e.image_id, e.question, list(e.answers) or None) for e in examples]
 
 
-def read_easy_vqa(split: str) -> list[TextExample]:
-    """easy-VQA's questions with their answers (read by :func:`downstream.vqa.read_easy_vqa`)."""
-    from downstream.vqa import read_easy_vqa as read
-
-    return _from_vqa(read(split))
-
-
-def read_easy_vqa_captions(split: str) -> list[TextExample]:
-    """Captions of easy-VQA's images, :data:`EASY_VQA_CAPTIONS` filled with each image's colour and shape as told by
-    its own answers (images whose colour or shape cannot be read are counted and logged by
-    :func:`downstream.statements.read_image_attributes`' report, and get no caption)."""
-    from downstream.statements import read_image_attributes
-    from downstream.vqa import read_easy_vqa as read
-
-    attributes, report = read_image_attributes(read(split))
-    missing = report.images - report.images_used
-    if missing:
-        logger.info("easy-vqa-captions %s: %d of %d images have no caption (colour or shape not told by their "
-                    "answers: %d without a colour, %d without a shape, %d conflicting)", split, missing,
-                    report.images, report.no_colour, report.no_shape, report.conflicting)
-    ids = sorted(attributes, key=lambda i: (len(i), i))
-    return [TextExample(i, t.format(colour=attributes[i][0], shape=attributes[i][1]))
-            for i in ids for t in EASY_VQA_CAPTIONS]
-
-
-def is_builtin(spec: str) -> bool:
-    """Whether every source of ``spec`` is built in (so its features are the built-in easy-VQA extraction)."""
-    return all(part in BUILTIN_TEXTS for part in spec.split("+"))
-
-
 def read_jsonl(path: str | Path) -> list[TextExample]:
-    path = Path(path)
+    """One ``{"image_id", "text", "answers"?}`` object a line."""
     out = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a UTF-8 text file ({e})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not a JSON object ({e})") from None
-        if not isinstance(row, dict) or "image_id" not in row:
-            raise DataError(f"{where}: expected an object with 'image_id' and 'text', got {line[:80]!r}")
+    for where, row in jsonl_rows(path):
+        if "image_id" not in row:
+            raise DataError(f"{where}: expected an object with 'image_id' and 'text', got {str(row)[:80]!r}")
         answers = row.get("answers")
         if answers is not None and not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
             raise DataError(f"{where}: 'answers' must be a list of strings, got {answers!r}")
@@ -137,8 +86,9 @@ def read_jsonl(path: str | Path) -> list[TextExample]:
 
 
 def read_coco_captions(path: str | Path) -> list[TextExample]:
+    """COCO captions json: ``{"annotations": [{image_id, caption}]}``."""
     path = Path(path)
-    data = _load_json(path)
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise DataError(f"{path}: expected COCO captions json with an 'annotations' list")
     out = []
@@ -150,13 +100,6 @@ def read_coco_captions(path: str | Path) -> list[TextExample]:
     return out
 
 
-def read_vqa_v2(questions: str | Path, annotations: str | Path | None) -> list[TextExample]:
-    """Official VQA v2 questions (+ annotations: the ten human answers), read by :func:`downstream.vqa.read_vqa_v2`."""
-    from downstream.vqa import read_vqa_v2 as read
-
-    return _from_vqa(read(questions, annotations))
-
-
 def read_texts(spec: str, split: str = "train") -> list[TextExample]:
     """Texts from ``spec``: ``easy-vqa``; ``easy-vqa-captions``; a ``.jsonl`` file; a COCO captions json; or
     ``QUESTIONS.json,ANNOTATIONS.json`` (VQA v2). A plain ``.json`` with ``questions`` is VQA v2 without answers.
@@ -164,44 +107,27 @@ def read_texts(spec: str, split: str = "train") -> list[TextExample]:
     if "+" in spec:
         return [e for part in spec.split("+") for e in read_texts(part, split)]
     if spec == "easy-vqa":
-        return read_easy_vqa(split)
+        return _from_vqa(easy_vqa.read_easy_vqa(split))
     if spec == "easy-vqa-captions":
-        return read_easy_vqa_captions(split)
+        return [TextExample(image_id, text) for image_id, text in easy_vqa.captions(split)]
     if "," in spec:
         q, a = spec.split(",", 1)
-        return read_vqa_v2(q, a)
+        return _from_vqa(read_vqa_v2(q, a))
     path = Path(spec)
     if path.suffix == ".jsonl":
         return read_jsonl(path)
     if path.suffix == ".json":
-        data = _load_json(path)
+        data = read_json(path)
         if isinstance(data, dict) and "questions" in data:
-            return read_vqa_v2(path, None)
+            return _from_vqa(read_vqa_v2(path, None))
         return read_coco_captions(path)
-    raise DataError(f"{spec}: unknown text format; expected easy-vqa, easy-vqa-captions, a .jsonl file, a COCO captions .json, or "
-                    "QUESTIONS.json,ANNOTATIONS.json (VQA v2)")
+    raise DataError(f"{spec}: unknown text format; expected easy-vqa, easy-vqa-captions, a .jsonl file, a COCO "
+                    "captions .json, or QUESTIONS.json,ANNOTATIONS.json (VQA v2)")
 
 
-# ------------------------------------------------------------------------------------------------------- answers
-
-
-def normalize(answer: str) -> str:
-    return " ".join(answer.lower().strip().rstrip(".").split())
-
-
-def answer_table(examples: list[TextExample], min_count: int = 1) -> list[str]:
-    """Answers given at least ``min_count`` times in ``examples``, most frequent first (ties alphabetical)."""
-    counts = Counter(normalize(a) for e in examples if e.answers for a in set(e.answers))
-    return sorted((a for a, c in counts.items() if c >= min_count), key=lambda a: (-counts[a], a))
-
-
-def answer_scores(answers: list[str], index: dict[str, int]) -> dict[int, float]:
-    """Soft targets: ``min(1, 0.3 × count)`` per answer (bottom-up attention / LXMERT); one answer → 1.0."""
-    if len(answers) == 1:
-        a = normalize(answers[0])
-        return {index[a]: 1.0} if a in index else {}
-    counts = Counter(normalize(a) for a in answers)
-    return {index[a]: min(1.0, 0.3 * c) for a, c in counts.items() if a in index}
+def answer_vocab(examples: list[TextExample], min_count: int = 1) -> AnswerVocab:
+    """The QA objective's answer table: :meth:`vlm.data.vqa.AnswerVocab.build` over the texts that have answers."""
+    return AnswerVocab.from_questions((e.answers for e in examples if e.answers), min_count)
 
 
 # ------------------------------------------------------------------------------------------------------- dataset
@@ -214,16 +140,17 @@ class PretrainData:
         examples: texts with their image ids.
         store: a ``features.FeatureStore`` (random access by image id).
         tokenizer: a fast BERT tokenizer.
-        answers: the answer table of the QA objective (empty: no QA targets).
+        answers: the answer table of the QA objective (None or empty: no QA targets).
         masking: masking probabilities.
         max_text_len: texts are truncated to this many tokens (with ``[CLS]``/``[SEP]``).
         seed: seed of every random choice.
         train: apply masking and mismatching (False gives the plain pairs, for evaluation of other models).
     """
 
-    def __init__(self, examples: list[TextExample], store: Any, tokenizer: Any, answers: list[str],
+    def __init__(self, examples: list[TextExample], store: Any, tokenizer: Any,
+                 answers: AnswerVocab | Sequence[str] | None,
                  masking: MaskingConfig | None = None, max_text_len: int = 40, seed: int = 0,
-                 name: str = "data") -> None:
+                 name: str = "data", soft_score_rule: str = "lxmert") -> None:
         self.store, self.masking, self.seed = store, masking or MaskingConfig(), seed
         keep, self.report = join_to_store([e.image_id for e in examples], store, name)
         kept = [examples[i] for i in keep]
@@ -253,10 +180,10 @@ class PretrainData:
         vocab = tokenizer.get_vocab()
         bracketed = [i for t, i in vocab.items() if t.startswith("[") and t.endswith("]")]
         self.first_word_id = (max(bracketed) + 1) if bracketed else 0  # random replacements avoid [unused*]
-        self.answers = list(answers)
-        index = {a: i for i, a in enumerate(self.answers)}
-        self.answer_rows: list[dict[int, float]] = [answer_scores(e.answers, index) if e.answers else {}
-                                                    for e in kept]
+        self.answers = answers if isinstance(answers, AnswerVocab) else AnswerVocab(answers or [])
+        self.answer_rows: list[dict[int, float]] = [
+            answer_scores(e.answers, self.answers, soft_score_rule)[0] if e.answers and len(self.answers) else {}
+            for e in kept]
 
     def __len__(self) -> int:
         return len(self.image_code)

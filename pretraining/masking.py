@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vlm.config import ConfigError, ranged
+
 IGNORE = -100  # label of positions that are not predicted
 
 
@@ -18,13 +20,26 @@ IGNORE = -100  # label of positions that are not predicted
 class MaskingConfig:
     """How much of each modality is masked and how."""
 
-    token_prob: float = 0.15  # fraction of maskable text tokens selected for masked LM
-    token_mask: float = 0.8  # of the selected: replaced by [MASK] ...
-    token_random: float = 0.1  # ... by a random word (the rest are kept)
-    region_prob: float = 0.15  # fraction of real regions selected for masked region modelling
-    region_zero: float = 0.8  # of the selected: features zeroed ...
-    region_swap: float = 0.1  # ... replaced by another region's features (the rest are kept)
-    mismatch_prob: float = 0.5  # fraction of pairs given the text of another image (never one of its own texts)
+    token_prob: float = ranged(0.15, ge=0, le=1)  # fraction of maskable text tokens selected for masked LM
+    token_mask: float = ranged(0.8, ge=0, le=1)  # of the selected: replaced by [MASK] ...
+    token_random: float = ranged(0.1, ge=0, le=1)  # ... by a random word (the rest are kept)
+    region_prob: float = ranged(0.15, ge=0, le=1)  # fraction of real regions selected for masked region modelling
+    region_zero: float = ranged(0.8, ge=0, le=1)  # of the selected: features zeroed ...
+    region_swap: float = ranged(0.1, ge=0, le=1)  # ... replaced by another region's features (the rest are kept)
+    mismatch_prob: float = ranged(0.5, ge=0, le=1)  # share of pairs given another image's text (never one of its own)
+
+    def check(self) -> None:
+        """The kept share of selected tokens/regions cannot be negative.
+
+        Raises:
+            ConfigError: naming the two fields.
+        """
+        if self.token_mask + self.token_random > 1:
+            raise ConfigError(f"masking.token_mask + masking.token_random must be <= 1, got {self.token_mask} + "
+                              f"{self.token_random}")
+        if self.region_zero + self.region_swap > 1:
+            raise ConfigError(f"masking.region_zero + masking.region_swap must be <= 1, got {self.region_zero} + "
+                              f"{self.region_swap}")
 
 
 def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, u: torch.Tensor, random_ids: torch.Tensor,

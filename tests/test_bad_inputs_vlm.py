@@ -238,14 +238,14 @@ def _write(path: Path, text: str) -> str:
 
 DATA_CASES = [
     ("pretrain.jsonl", '{"image_id": 1, "text": "ok"}\n{"image_id": 2}\n', "pretraining", "line 2: field 'text'"),
-    ("pretrain.jsonl", '{"image_id": 1, "text": "ok"}\nnot json\n', "pretraining", "line 2: not a JSON object"),
+    ("pretrain.jsonl", '{"image_id": 1, "text": "ok"}\nnot json\n', "pretraining", "line 2: not valid JSON"),
     ("pretrain.jsonl", '{"image_id": 1, "text": "   "}\n', "pretraining", "line 1: field 'text' must be a non-empty"),
     ("pretrain.jsonl", '{"image_id": 1, "text": "a", "answers": "yes"}\n', "pretraining",
      "'answers' must be a list of strings"),
     ("captions.json", '{"annotations": [{"image_id": 1, "caption": "a"}, {"caption": "b"}]}', "pretraining",
      "annotations[1]: expected {'image_id', 'caption'}"),
     ("captions.json", '[1, 2]', "pretraining", "expected COCO captions json"),
-    ("binary.jsonl", "\x00\x81\xfe binary", "pretraining", "not a UTF-8 text file"),
+    ("binary.jsonl", "\x00\x81\xfe binary", "pretraining", "not UTF-8 text"),
 ]
 
 

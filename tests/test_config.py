@@ -1,9 +1,19 @@
 """Presets, dotted overrides and the errors for bad keys and values."""
 
+from dataclasses import dataclass, field
+
 import pytest
 
 import vlm
-from vlm.config import ConfigError, RunConfig, apply_overrides, model_config
+from vlm.config import ConfigError, ModelConfig, TrainConfig, apply_overrides, model_config
+
+
+@dataclass
+class RunConfig:
+    """A test run config with model and train sections (the task packages' configs have more)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def test_presets_have_published_shapes():

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlm.batch import Batch, EncoderOutput
-from vlm.config import ConfigError, ModelConfig, RunConfig, TrainConfig, list_presets, model_config
+from vlm.config import ConfigError, DataConfig, ModelConfig, TrainConfig, list_presets, model_config
 from vlm.convert import from_transformers, load_text_weights
 from vlm.models.tasks import TASKS, VLMModel, from_pretrained, model_class
 from vlm.tokenizer import load_tokenizer
@@ -48,9 +48,9 @@ __all__ = [
     "TASKS",
     "Batch",
     "ConfigError",
+    "DataConfig",
     "EncoderOutput",
     "ModelConfig",
-    "RunConfig",
     "TrainConfig",
     "VLMModel",
     "create_model",

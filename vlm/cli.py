@@ -148,7 +148,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         top = table[int(out.logits[0].argmax())]
         print(f"{name:<14}{model.num_parameters() / 1e6:>8.1f}M{init or 'random':>18}{ms:>12.1f}  "
               f"{tuple(out.pooled.shape)!s:<10} {top}")
-    print("The answer heads are untrained: answers are arbitrary until `vlm finetune` exists (a later issue).")
+    print("The answer heads are untrained, so the answers above are arbitrary: `vlm finetune` trains them.")
     return 0
 
 
@@ -166,8 +166,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
     cfg = load_pretrain_config(args.config, args.arch, overrides)
-    if not cfg.data.cache_dir:  # only the CLI reads the environment
-        cfg.data.cache_dir = os.environ.get("VLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlm"))
+    cfg.data.cache_dir = cfg.data.cache_dir or _cache_dir()
     dist = DistInfo.from_env(os.environ)
     summary = pretrain(cfg, out_dir=args.out, resume=args.resume, dist=dist, show_progress=not args.no_progress)
     if dist.is_main:
@@ -209,8 +208,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         if flag is not None:
             overrides.append(f"{key}={flag}")
     cfg = load_finetune_config(args.config, args.task, args.arch, overrides)
-    if not cfg.data.cache_dir:
-        cfg.data.cache_dir = os.environ.get("VLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlm"))
+    cfg.data.cache_dir = cfg.data.cache_dir or _cache_dir()
     dist = DistInfo.from_env(os.environ)
     summary = finetune(cfg, out_dir=args.out, resume=args.resume, dist=dist, show_progress=not args.no_progress)
     if dist.is_main:
@@ -237,14 +235,10 @@ def format_metrics(metrics: dict | None, title: str) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import os
-
     from downstream.finetune import evaluate_checkpoint
 
     out = evaluate_checkpoint(args.checkpoint, split=args.split, data=args.data, features=args.features,
-                              cache_dir=os.environ.get("VLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                                                 "vlm")),
-                              batch_size=args.batch_size, out=args.out)
+                              cache_dir=_cache_dir(), batch_size=args.batch_size, out=args.out)
     print(format_metrics(out["metrics"], f"evaluated {args.checkpoint} on {out['data']} ({out['split']}); "
                          f"metrics: {out['path']}"))
     return 0
@@ -265,10 +259,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     import os
 
-    from downstream.ablation import ablate, results_table
+    from downstream.ablation import ablate, ablation_configs, results_table
     from vlm.engine.distributed import DistInfo
 
-    cfg, pretrain_cfg = _ablate_configs(args)
+    cfg, pretrain_cfg = ablation_configs(
+        arch=args.arch, task=args.task, config=args.config, checkpoint=args.checkpoint, init=args.init,
+        no_pretrain=args.no_pretrain, pretrain_config=args.pretrain_config, data=args.data, eval_data=args.eval_data,
+        features=args.features, eval_features=args.eval_features, cache_dir=str(_cache_dir()),
+        overrides=args.overrides)
     dist = DistInfo.from_env(os.environ)
     out = args.out or f"runs/ablate-{args.arch or 'lxmert'}-{cfg.task}"
     result = ablate(cfg, out_dir=out, checkpoint=args.checkpoint, train_baselines=args.train_baselines, dist=dist,
@@ -279,45 +277,13 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ablate_configs(args: argparse.Namespace):
-    """`vlm ablate`'s fine-tuning config and the pretraining config of its default pipeline (None: no pretraining).
-
-    Without --checkpoint, the fused model is fine-tuned from ``cfg.init``. When that is only a model preset (not a
-    checkpoint folder) and --init was not given, the default pipeline pretrains first (``--pretrain-config``, default
-    the architecture's preset; ``pretrain.KEY=VALUE`` overrides it; ``model.*`` overrides apply to both runs).
-    Pretraining reads the built-in easy-VQA texts, so it runs only for the built-in data; other data fine-tune from
-    the preset, with a warning.
-    """
+def _cache_dir() -> str:
+    """The built-in features' cache folder: the command line is the one place that reads ``VLM_CACHE``."""
     import os
-    from pathlib import Path
 
-    from downstream.data import BUILTIN
-    from downstream.finetune import _init_arch, load_finetune_config
-    from pretraining.run import load_pretrain_config
+    from features.builtin import default_cache_dir
 
-    pre_overrides = [o[len("pretrain."):] for o in args.overrides if o.startswith("pretrain.")]
-    overrides = [o for o in args.overrides if not o.startswith("pretrain.")]
-    for flag, key in ((args.data, "data.train"), (args.eval_data, "data.eval"), (args.features, "data.features"),
-                      (args.eval_features, "data.eval_features"), (args.init, "init")):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
-    cfg = load_finetune_config(args.config, args.task, args.arch if args.checkpoint is None else None, overrides)
-    if not cfg.data.cache_dir:
-        cfg.data.cache_dir = os.environ.get("VLM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlm"))
-    if args.checkpoint is not None or args.init is not None or args.no_pretrain:
-        return cfg, None
-    if (Path(cfg.init) / "config.json").is_file():
-        return cfg, None
-    if cfg.data.train and cfg.data.train not in ("easy-vqa", BUILTIN[cfg.task]):
-        logger.warning("no pretraining: the default pipeline pretrains on the built-in easy-VQA texts only; "
-                       "fine-tuning %s from the preset %s (pretrain with `vlm pretrain` and pass --init to start "
-                       "from it)", cfg.data.train, cfg.init)
-        return cfg, None
-    pre = [o for o in overrides if o.startswith("model.")]
-    for flag, key in ((args.features, "data.features"), (args.eval_features, "data.eval_features")):
-        if flag is not None:
-            pre.append(f"{key}={flag}")
-    return cfg, load_pretrain_config(args.pretrain_config, _init_arch(cfg.init), pre + pre_overrides)
+    return str(default_cache_dir(os.environ))
 
 
 def build_parser() -> argparse.ArgumentParser:

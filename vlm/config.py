@@ -1,14 +1,19 @@
-"""Typed configuration: model and training dataclasses, YAML presets and dotted overrides.
+"""Typed configuration: the model, training and data dataclasses, and the one run-config loader.
 
-The dataclasses are the source of truth. YAML presets in ``configs/model/*.yaml`` fill a :class:`ModelConfig`;
-command-line style overrides such as ``model.x_layers=3`` or ``train.lr=5e-5`` win over the preset. An unknown key or a
-value of the wrong type raises :class:`ConfigError` naming the key and what is allowed.
+The dataclasses are the source of truth. YAML presets in ``configs/model/*.yaml`` fill a :class:`ModelConfig`; a run
+config (pretraining's ``PretrainConfig``, fine-tuning's ``FinetuneConfig``: each task package's own dataclass, built
+from the shared :class:`TrainConfig` and :class:`DataConfig` and its own sections) is filled by
+:func:`load_run_config` from a preset in ``configs/<kind>/`` or a YAML file, then command-line style overrides such
+as ``model.x_layers=3`` or ``train.lr=5e-5``. Every field is checked when the config is loaded: an unknown key, a
+value of the wrong type, a number outside the range its field declares (:func:`ranged`) or a name outside its registry
+(:func:`choice`) raises :class:`ConfigError` naming the file or override, the key and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from vlm.data.vqa import SOFT_SCORE_RULES
 from vlm.errors import VLMError
 
 ARCHS = ("lxmert", "vilbert")
@@ -27,38 +33,90 @@ class ConfigError(VLMError, ValueError):
     """A configuration key, value or preset is invalid; the message names it."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field allows: bounds that are None are open-ended."""
+
+    ge: float | None = None  # value >= ge
+    gt: float | None = None  # value > gt
+    le: float | None = None  # value <= le
+    lt: float | None = None  # value < lt
+
+    def __contains__(self, value: float) -> bool:
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def __str__(self) -> str:
+        lo = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else "(-inf"
+        hi = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else "inf)"
+        return f"{lo}, {hi}"
+
+
+def ranged(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None) -> Any:
+    """A numeric dataclass field with the range it allows, checked when a config is loaded (e.g.
+    ``lr: float = ranged(1e-4, gt=0)``). Tuples of numbers (AdamW betas) apply the range to each element."""
+    return field(default=default, metadata={"range": Range(ge=ge, gt=gt, le=le, lt=lt)})
+
+
+def choice(default: str, choices: typing.Iterable[str]) -> Any:
+    """A string field whose value must be one of ``choices`` (a registry's names), checked when a config is loaded."""
+    return field(default=default, metadata={"choices": tuple(choices)})
+
+
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Check every field of dataclass ``obj`` (recursively) against its declared range or choices.
+
+    Raises:
+        ConfigError: naming the key (``prefix`` + field name) and the allowed range or names.
+    """
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_fields(value, prefix=f"{key}.")
+            continue
+        bounds = f.metadata.get("range")
+        if bounds is not None and value is not None:
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, float) and not math.isfinite(v) or v not in bounds:
+                    raise ConfigError(f"{key}: expected a number in {bounds}, got {value!r}")
+        names = f.metadata.get("choices")
+        if names is not None and value not in names:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, names))}, got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     """Shape and options of an encoder and its heads (LXMERT dual stream or the single-stream "vilbert")."""
 
     arch: str = "lxmert"  # "lxmert" (dual stream) or "vilbert" (one BERT over [CLS] [IMG] v.. [SEP] w.. [SEP])
-    vocab_size: int = 30522  # WordPiece vocabulary (bert-base-uncased)
-    hidden_size: int = 768  # width of every stream
-    num_attention_heads: int = 12  # heads per attention layer; hidden_size must divide by it
-    intermediate_size: int = 3072  # FFN inner width
+    vocab_size: int = ranged(30522, ge=1)  # WordPiece vocabulary (bert-base-uncased)
+    hidden_size: int = ranged(768, ge=1)  # width of every stream
+    num_attention_heads: int = ranged(12, ge=1)  # heads per attention layer; hidden_size must divide by it
+    intermediate_size: int = ranged(3072, ge=1)  # FFN inner width
     hidden_act: str = "gelu"  # FFN activation: "gelu" (erf), "gelu_tanh" or "relu"
-    hidden_dropout_prob: float = 0.1  # dropout after embeddings, attention output and FFN output
-    attention_probs_dropout_prob: float = 0.1  # dropout on attention weights
-    max_position_embeddings: int = 512  # text positions
-    type_vocab_size: int = 2  # token type ids (segment A/B)
-    layer_norm_eps: float = 1e-12  # LayerNorm epsilon (BERT's value)
-    initializer_range: float = 0.02  # std of the normal init of linear and embedding weights
-    pad_token_id: int = 0  # id of [PAD]
-    sep_token_id: int = 102  # id of [SEP] (vilbert: also embeds the [SEP] closing the region side)
-    l_layers: int = 9  # LXMERT: language self-attention layers
-    r_layers: int = 5  # LXMERT: object-relationship (region) self-attention layers
-    x_layers: int = 5  # LXMERT: cross-modality layers
-    num_layers: int = 12  # vilbert: depth of the single BERT stack
-    region_token_type: int = 1  # vilbert: token type id given to [IMG], regions and the region [SEP]
-    visual_feat_dim: int = 2048  # size of one region feature vector (set by the feature extractor)
-    visual_pos_dim: int = 4  # box encoding: normalised x1, y1, x2, y2
-    num_object_labels: int = 1600  # masked-region object label classes (Visual Genome detector)
-    num_attr_labels: int = 400  # masked-region attribute classes
+    hidden_dropout_prob: float = ranged(0.1, ge=0, lt=1)  # dropout after embeddings, attention output and FFN output
+    attention_probs_dropout_prob: float = ranged(0.1, ge=0, lt=1)  # dropout on attention weights
+    max_position_embeddings: int = ranged(512, ge=1)  # text positions
+    type_vocab_size: int = ranged(2, ge=1)  # token type ids (segment A/B)
+    layer_norm_eps: float = ranged(1e-12, gt=0)  # LayerNorm epsilon (BERT's value)
+    initializer_range: float = ranged(0.02, ge=0)  # std of the normal init of linear and embedding weights
+    pad_token_id: int = ranged(0, ge=0)  # id of [PAD]
+    sep_token_id: int = ranged(102, ge=0)  # id of [SEP] (vilbert: also embeds the [SEP] closing the region side)
+    l_layers: int = ranged(9, ge=0)  # LXMERT: language self-attention layers
+    r_layers: int = ranged(5, ge=0)  # LXMERT: object-relationship (region) self-attention layers
+    x_layers: int = ranged(5, ge=0)  # LXMERT: cross-modality layers
+    num_layers: int = ranged(12, ge=0)  # vilbert: depth of the single BERT stack
+    region_token_type: int = ranged(1, ge=0)  # vilbert: token type id given to [IMG], regions and the region [SEP]
+    visual_feat_dim: int = ranged(2048, ge=1)  # size of one region feature vector (set by the feature extractor)
+    visual_pos_dim: int = ranged(4, ge=1)  # box encoding: normalised x1, y1, x2, y2
+    num_object_labels: int = ranged(1600, ge=1)  # masked-region object label classes (Visual Genome detector)
+    num_attr_labels: int = ranged(400, ge=1)  # masked-region attribute classes
     visual_obj_loss: bool = True  # pretraining model has an object-label head
     visual_attr_loss: bool = True  # pretraining model has an attribute-label head
     visual_feat_loss: bool = True  # pretraining model has a feature-regression head
-    num_answers: int = 0  # answer table size of the QA head (0: no QA head in the pretraining model)
-    num_labels: int = 2  # classes of the [CLS] classifier
+    num_answers: int = ranged(0, ge=0)  # answer table size of the QA head (0: no QA head in the pretraining model)
+    num_labels: int = ranged(2, ge=1)  # classes of the [CLS] classifier
     text_init: str | None = None  # initialise the text side from a BERT: "all-minilm-l6-v2" or a local HF folder
     cross_init: str = "random"  # LXMERT with text_init: "random", or "text" (region and cross layers copy BERT layers)
     classifier_head: str = "mlp"  # [CLS] classifier: "mlp" (LXMERT's NLVR2 head) or "linear" (BERT's)
@@ -78,13 +136,7 @@ class ModelConfig:
             )
         if self.hidden_act not in ("gelu", "gelu_tanh", "relu"):
             raise ConfigError(f"model.hidden_act: expected 'gelu', 'gelu_tanh' or 'relu', got {self.hidden_act!r}")
-        for name in ("vocab_size", "hidden_size", "num_attention_heads", "intermediate_size", "visual_feat_dim",
-                     "visual_pos_dim", "max_position_embeddings"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
-        for name in ("l_layers", "r_layers", "x_layers", "num_layers", "num_answers"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        check_fields(self, prefix="model.")
         for name in ("pad_token_id", "sep_token_id") if self.arch == "vilbert" else ("pad_token_id",):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ConfigError(f"model.{name} ({getattr(self, name)}) must be in [0, vocab_size={self.vocab_size})")
@@ -106,49 +158,51 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation and run settings shared by pretraining and fine-tuning."""
 
-    lr: float = 1e-4  # peak learning rate of AdamW
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (not applied to biases and norms)
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
-    warmup_ratio: float = 0.05  # fraction of steps with linear warm-up
-    epochs: float = 1.0  # passes over the training data
-    max_steps: int = 0  # stop after this many optimiser steps (0: use epochs)
-    batch_size: int = 64  # samples per optimiser step on one process (before accumulation)
-    grad_accum: int = 1  # micro-batches accumulated per optimiser step
-    max_grad_norm: float = 1.0  # gradient clipping (0: off)
-    precision: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with native bf16, else fp32), "fp32", "bf16", "fp16"
-    seed: int = 0  # seed of every RNG
-    num_workers: int = 0  # data-loader workers per process
-    log_every: int = 20  # steps between metric lines
-    eval_every: int = 0  # steps between evaluations (0: at the end of each epoch)
-    save_every: int = 0  # steps between checkpoints (0: at the end only)
+    lr: float = ranged(1e-4, gt=0)  # peak learning rate of AdamW
+    weight_decay: float = ranged(0.01, ge=0)  # AdamW decoupled weight decay (not applied to biases and norms)
+    betas: tuple[float, float] = ranged((0.9, 0.999), ge=0, lt=1)  # AdamW betas
+    warmup_ratio: float = ranged(0.05, ge=0, lt=1)  # fraction of steps with linear warm-up
+    epochs: float = ranged(1.0, gt=0)  # passes over the training data
+    max_steps: int = ranged(0, ge=0)  # stop after this many optimiser steps (0: use epochs)
+    batch_size: int = ranged(64, ge=1)  # samples per optimiser step on one process (before accumulation)
+    grad_accum: int = ranged(1, ge=1)  # micro-batches accumulated per optimiser step
+    max_grad_norm: float = ranged(1.0, ge=0)  # gradient clipping (0: off)
+    precision: str = choice("auto", PRECISIONS)  # "auto" (bf16 on CUDA and on CPUs with native bf16, else fp32), "fp32", "bf16", "fp16"
+    seed: int = ranged(0, ge=0)  # seed of every RNG
+    num_workers: int = ranged(0, ge=0)  # data-loader workers per process
+    log_every: int = ranged(20, ge=1)  # steps between metric lines
+    eval_every: int = ranged(0, ge=0)  # steps between evaluations (0: at the end of each epoch)
+    save_every: int = ranged(0, ge=0)  # steps between checkpoints (0: at the end only)
     out_dir: str = "runs/default"  # run folder: config, metrics.jsonl, checkpoints
-    keep_last: int = 2  # checkpoints kept in the run folder (0: all)
+    keep_last: int = ranged(2, ge=0)  # checkpoints kept in the run folder (0: all)
     device: str = "auto"  # "auto" (this rank's GPU when there is one, else cpu), "cpu", "cuda", "cuda:1"
 
     def validate(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"train.precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}")
-        if self.batch_size <= 0 or self.grad_accum <= 0:
-            raise ConfigError("train.batch_size and train.grad_accum must be positive")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        """Check every field's range or registry.
+
+        Raises:
+            ConfigError: naming the key.
+        """
+        check_fields(self, prefix="train.")
 
 
 @dataclass
-class RunConfig:
-    """Everything a run needs: ``model`` and ``train`` sections, addressable as ``model.x`` / ``train.y``."""
+class DataConfig:
+    """Data fields shared by pretraining and fine-tuning: feature stores, text length, the answer rule, limits.
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    Each task's data section extends it with where its examples come from (pretraining: ``texts`` / ``eval_texts``;
+    fine-tuning: ``train`` / ``eval``).
+    """
 
-    def validate(self) -> None:
-        self.model.validate()
-        self.train.validate()
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    features: str = ""  # feature store of the training images ("" with built-in data: extracted on first use)
+    eval_features: str = ""  # feature store of the held-out images ("": same as features, or built-in)
+    cache_dir: str = ""  # where built-in features are extracted ("": the default cache folder, features.builtin)
+    backend: str = "auto"  # extraction backend of built-in features ("auto": features.builtin_extraction())
+    max_text_len: int = ranged(40, ge=3)  # tokens per text, [CLS]/[SEP] included
+    answer_min_count: int = ranged(1, ge=1)  # QA: answers given for fewer training questions are left out
+    soft_score_rule: str = choice("lxmert", SOFT_SCORE_RULES)  # several human answers: "lxmert" or "official"
+    train_limit: int = ranged(0, ge=0)  # use only the first N training examples (0: all)
+    eval_limit: int = ranged(0, ge=0)  # evaluate on the first N held-out examples (0: all)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -166,14 +220,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is tuple:
         args = typing.get_args(tp)
@@ -319,8 +372,82 @@ def model_config(name_or_path: str, overrides: list[str] | dict[str, Any] | None
         raise ConfigError(f"{source}: {e}") from None
     if overrides:
         items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
-        norm = {k if k.startswith("model.") else f"model.{k}": v for k, v in items}
-        run = RunConfig(model=cfg)
-        apply_overrides(run, norm)
+        for key, value in items:
+            apply_dict(cfg, {key.removeprefix("model."): value}, prefix="model.")
     cfg.validate()
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The one run-config loader
+
+T = typing.TypeVar("T")
+
+
+def _apply_run_values(cfg: Any, values: dict[str, Any]) -> None:
+    """Set a run config's fields from a (nested) mapping; its ``model`` mapping is checked against
+    :class:`ModelConfig` field by field (the merged model is built, and checked again, from the preset later)."""
+    values = dict(values)
+    if "model" in values and isinstance(getattr(cfg, "model", None), dict):
+        m = values.pop("model")
+        if not isinstance(m, dict):
+            raise ConfigError(f"model: expected a mapping of model config fields, got {m!r}")
+        apply_dict(ModelConfig(), m, prefix="model.")
+        cfg.model.update(m)
+    apply_dict(cfg, values)
+
+
+def find_run_config(kind: str, name: str) -> Path:
+    """A run-config file: ``name`` itself when it is a ``.yaml``/``.yml`` file, else the preset
+    ``configs/<kind>/<name>.yaml``.
+
+    Raises:
+        ConfigError: neither exists; the message lists the presets of ``kind``.
+    """
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    preset = presets_dir() / kind / f"{name}.yaml"
+    if not preset.is_file():
+        what = {"pretrain": "pretraining", "finetune": "fine-tuning"}.get(kind, kind)
+        raise ConfigError(f"unknown {what} config {name!r}: not a YAML file and not a preset "
+                          f"({', '.join(list_presets(kind))})")
+    return preset
+
+
+def load_run_config(cls: type[T], kind: str, name: str, overrides: typing.Sequence[str] = ()) -> T:
+    """The run config of type ``cls`` from a preset or YAML file, then dotted overrides, every field checked.
+
+    Args:
+        cls: the task's run-config dataclass (e.g. ``PretrainConfig``); a ``model: dict`` field holds model config
+            overrides, checked against :class:`ModelConfig`; a ``check()`` method, when it has one, runs last for
+            checks across fields.
+        kind: preset folder under ``configs/`` (``pretrain``, ``finetune``).
+        name: preset name or YAML file path.
+        overrides: ``KEY=VALUE`` strings, keys dotted (``train.lr=5e-5``, ``model.x_layers=3``).
+
+    Raises:
+        ConfigError: naming the file or the override, the key and what it allows (unknown key, wrong type, a
+            number outside its range, a name outside its registry).
+    """
+    path = find_run_config(kind, name)
+    cfg = cls()
+    try:
+        _apply_run_values(cfg, load_yaml(path))
+        check_fields(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    for o in overrides:
+        try:
+            _apply_run_values(cfg, override_dict(o))
+            check_fields(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"override {o!r}: {e}") from None
+    if hasattr(cfg, "check"):
+        cfg.check()
+    return cfg
+
+
+def run_config_yaml(cfg: Any) -> str:
+    """A run config as the YAML written into every run folder and checkpoint (``config.yaml``)."""
+    return yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg))), sort_keys=False)

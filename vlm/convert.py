@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from vlm.config import ModelConfig, apply_dict
-from vlm.io import MINILM, MINILM_ALIASES, load_state_dict, minilm_path
+from vlm.io import MINILM_ALIASES, load_state_dict, minilm_path
 from vlm.models.tasks import VLMModel, model_class
 
 logger = logging.getLogger(__name__)

@@ -98,6 +98,48 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
 
 
+def json_field(row: Any, key: str, where: str, kind: type | tuple[type, ...] = object) -> Any:
+    """``row[key]`` checked to be of ``kind`` (booleans never pass for numbers), or a :class:`DataError` naming
+    ``where`` (file and row) and the field."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if key not in row:
+        raise DataError(f"{where}: missing field {key!r}")
+    value = row[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise DataError(f"{where}: field {key!r}: expected {expected}, got {value!r}")
+    return value
+
+
+def jsonl_rows(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, object)`` for each non-blank line of a JSONL file; ``where`` is ``"<path>: line <n>"`` (1-based).
+
+    Raises:
+        DataError: naming the file (missing, not UTF-8) or the line (not JSON, not an object).
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}: line {n}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{where}: not valid JSON ({e})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                yield where, row
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+
+
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file or a torch ``.pth``/``.bin`` (loaded with ``weights_only=True``: no code
     runs). A ``{"state_dict": ...}`` wrapper is unwrapped.

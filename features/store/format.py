@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from collections.abc import Mapping
 from typing import Any
@@ -36,7 +37,7 @@ from features.errors import ShardError, StoreError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_DTYPE", "INDEX_DTYPE_V1", "INDEX_ENTRIES", "INDEX_HASH", "LOCK",
            "MANIFEST", "decode_sample", "encode_key", "encode_sample", "id_hash", "is_store_file", "npy_bytes",
-           "parse_members", "sample_checksum", "shard_name", "sidecar_name", "tar_header"]
+           "parse_members", "read_checked", "sample_checksum", "shard_name", "sidecar_name", "tar_header"]
 
 FORMAT = "vlm-features"
 FORMAT_VERSION = 2
@@ -90,6 +91,35 @@ def sample_checksum(data: bytes) -> int:
     2.8 us. It detects accidental damage (bit rot, a torn copy), not tampering.
     """
     return xxhash.xxh3_64_intdigest(data)
+
+
+def read_checked(data: bytes, shard: str | os.PathLike[str], image_id: str, offset: int, size: int,
+                 recorded: int | None, file_size: int, inspect_hint: str = "`vlm features inspect`") -> dict[str, bytes]:
+    """The members of one sample read at ``offset`` (``size`` bytes), checked: the one check of both readers.
+
+    Args:
+        data: the bytes read.
+        recorded: the checksum its writer recorded (None: a format-1 store, read unchecked).
+        file_size: the shard's size, named when the read came up short.
+        inspect_hint: the command that lists damaged shards, named in the message.
+
+    Raises:
+        ShardError: naming the shard, the sample and the byte range, when the read is short, the checksum differs, or
+            the bytes are not a tar sample.
+    """
+    if len(data) != size:
+        raise ShardError(f"shard {shard} is truncated: sample {image_id!r} needs bytes {offset}..{offset + size} but "
+                         f"the file has {file_size} bytes")
+    if recorded is not None:
+        actual = sample_checksum(data)
+        if actual != recorded:
+            raise ShardError(f"shard {shard} is damaged: sample {image_id!r} (bytes {offset}..{offset + size}) fails "
+                             f"its checksum (xxh3_64 {actual:016x}, recorded {recorded:016x}); re-extract the shard "
+                             f"({inspect_hint} lists the damaged ones)")
+    try:
+        return parse_members(data)
+    except (ValueError, tarfile.TarError) as exc:
+        raise ShardError(f"shard {shard} is corrupt at byte {offset} (sample {image_id!r}): {exc}") from None
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tarfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from features.errors import ShardError
-from features.store.format import decode_sample, parse_members, sample_checksum
+from features.store.format import decode_sample, read_checked
 from features.store.index import StoreIndex
 from features.store.manifest import load_manifest
 from features.store.verify import check_shard_size
@@ -113,18 +112,10 @@ class FeatureStore(Mapping[str, dict[str, Any]]):
         shard, offset, size = int(entry["shard"]), int(entry["offset"]), int(entry["size"])
         path = self._shards[self._shard_numbers[shard]]
         data = os.pread(self._fd(shard), size, offset)
-        if len(data) != size:
-            raise ShardError(f"shard {path} is truncated: sample {image_id!r} needs bytes {offset}..{offset + size} "
-                             f"but the file has {path.stat().st_size} bytes")
-        if self.verify and sample_checksum(data) != int(entry["xxh3_64"]):
-            raise ShardError(f"shard {path} is damaged: sample {image_id!r} (bytes {offset}..{offset + size}) fails "
-                             f"its checksum (xxh3_64 {sample_checksum(data):016x}, recorded "
-                             f"{int(entry['xxh3_64']):016x}); "
-                             f"re-extract the shard (`vlm features inspect {self.directory}` lists the damaged ones)")
-        try:
-            members = parse_members(data)
-        except (ValueError, tarfile.TarError) as exc:
-            raise ShardError(f"shard {path} is corrupt at byte {offset} (sample {image_id!r}): {exc}") from exc
+        recorded = int(entry["xxh3_64"]) if self.verify else None
+        members = read_checked(data, path, image_id, offset, size, recorded,
+                               path.stat().st_size if len(data) != size else 0,
+                               f"`vlm features inspect {self.directory}`")
         sample = decode_sample(members, f"shard {path}, sample {image_id!r}")
         if sample["image_id"] != image_id:
             raise ShardError(f"shard {path}: index points to {sample['image_id']!r} for {image_id!r}; the index is "

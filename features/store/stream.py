@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch.utils.data
 import webdataset as wds
 
 from features.errors import ShardError, StoreError
-from features.store.format import decode_sample, encode_key, parse_members, sample_checksum
+from features.store.format import decode_sample, encode_key, read_checked
 from features.store.manifest import load_manifest
 from features.store.reader import warn_unverified
 from features.store.verify import check_shard_size
@@ -94,18 +93,8 @@ def _sidecar_samples(url: str, record: dict[str, Any], checksums: list[int] | No
         for n, (image_id, offset, size) in enumerate(zip(record["ids"], record["offsets"], record["sizes"])):
             handle.seek(offset)
             data = handle.read(size)
-            if len(data) != size:
-                raise ShardError(f"shard {url} is truncated: sample {image_id!r} needs bytes {offset}..{offset + size}"
-                                 f" but the file has {os.fstat(handle.fileno()).st_size} bytes")
-            if checksums is not None and sample_checksum(data) != checksums[n]:
-                raise ShardError(f"shard {url} is damaged: sample {image_id!r} (bytes {offset}..{offset + size}) "
-                                 f"fails its checksum (xxh3_64 {sample_checksum(data):016x}, recorded "
-                                 f"{checksums[n]:016x}); "
-                                 "re-extract the shard (`vlm features inspect` lists the damaged ones)")
-            try:
-                members = parse_members(data)
-            except (ValueError, tarfile.TarError) as exc:
-                raise ShardError(f"shard {url} is corrupt at byte {offset} (sample {image_id!r}): {exc}") from None
+            members = read_checked(data, url, image_id, offset, size, checksums[n] if checksums is not None else None,
+                                   os.fstat(handle.fileno()).st_size if len(data) != size else 0)
             yield {"__key__": encode_key(image_id), "__url__": url, "__id__": image_id, **members}
 
 

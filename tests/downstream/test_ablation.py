@@ -13,10 +13,11 @@ from PIL import Image
 
 import vlm
 from downstream.ablation import reference_predictions
-from downstream.classification import ClassificationExample
 from downstream.data import VQAData
+from vlm.data.classification import ClassificationExample
 from downstream.modality import image_only, text_only
-from downstream.vqa import AnswerVocab, VQAExample, read_easy_vqa
+from vlm.data.easy_vqa import read_easy_vqa
+from vlm.data.vqa import AnswerVocab, VQAExample
 from vlm.cli import main
 from vlm_testing import TINY_MODEL
 
@@ -158,10 +159,13 @@ def _ablate_args(*argv):
     (["--arch", "vilbert", "--data", "my/vqa.json"], False),  # not built-in data: warned, no easy-VQA pretraining
 ])
 def test_ablate_default_pipeline_decides_when_to_pretrain(argv, pretrains, caplog):
-    from vlm.cli import _ablate_configs
+    from downstream.ablation import ablation_configs
 
     args = _ablate_args(*argv, "model.hidden_dropout_prob=0.1", "pretrain.train.max_steps=7")
-    _, pcfg = _ablate_configs(args)
+    _, pcfg = ablation_configs(arch=args.arch, task=args.task, config=args.config, checkpoint=args.checkpoint,
+                               init=args.init, no_pretrain=args.no_pretrain, pretrain_config=args.pretrain_config,
+                               data=args.data, eval_data=args.eval_data, features=args.features,
+                               eval_features=args.eval_features, overrides=args.overrides)
     assert (pcfg is not None) == pretrains
     if pcfg is not None:
         assert pcfg.model_config().arch == args.arch

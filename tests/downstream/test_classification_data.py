@@ -8,16 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from downstream.classification import (
-    HATEFUL_MEMES_CLASSES,
-    ClassList,
-    accuracy,
-    classification_metrics,
-    macro_f1,
-    read_hateful_memes,
-    read_jsonl,
-    roc_auc,
-)
+from downstream.classification import accuracy, classification_metrics, macro_f1, roc_auc
+from vlm.data.classification import HATEFUL_MEMES_CLASSES, ClassList, read_hateful_memes, read_jsonl
 from vlm.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import vlm
+from vlm.data.vqa import AnswerVocab
 from vlm.cli import main
 from vlm_testing import TINY_MODEL
 
@@ -58,7 +59,7 @@ def test_vqa_layouts_finetune_evaluate_results(tmp_path, store, layout, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["metric"] == ("vqa_accuracy" if layout == "vqa-v2" else "soft_accuracy")
     results = json.loads((out / "predictions.json").read_text())
-    answers = json.loads((out / "model" / "answers.json").read_text())
+    answers = AnswerVocab.load(out / "model" / "answers.json").answers
     assert all(set(r) == {"question_id", "answer"} and r["answer"] in answers for r in results)
     assert 0.0 <= metrics["overall"] <= 100.0 and metrics["per_answer_type"]
     # `vlm evaluate` on the saved model reproduces the run's own numbers
@@ -72,7 +73,7 @@ def test_vqa_layouts_finetune_evaluate_results(tmp_path, store, layout, capsys):
 @pytest.mark.parametrize("fixture", ["captions.jsonl", "hateful_memes.jsonl"])
 def test_classification_end_to_end_metrics_match_predictions(tmp_path, store, fixture):
     from downstream.classification import accuracy, macro_f1
-    from downstream.data import read_classification
+    from vlm.data.readers import read_classification
 
     spec = str(FIX / fixture)
     out = tmp_path / "run"
@@ -80,7 +81,7 @@ def test_classification_end_to_end_metrics_match_predictions(tmp_path, store, fi
                  "--features", store, "--out", str(out), *FAST]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     preds = {str(r["id"]): r["label"] for r in json.loads((out / "predictions.json").read_text())}
-    examples = read_classification(spec, "test")
+    examples, _ = read_classification(spec, "test")
     labels = np.array([e.label for e in examples])
     pred = np.array([preds[e.example_id] for e in examples])
     assert metrics["accuracy"] == pytest.approx(accuracy(labels, pred))
@@ -92,7 +93,7 @@ def test_classification_end_to_end_metrics_match_predictions(tmp_path, store, fi
 
 def test_question_without_features_is_counted_and_reported(tmp_path, store, caplog):
     from downstream.data import VQAData
-    from downstream.vqa import AnswerVocab, read_vqa_v2
+    from vlm.data.vqa import AnswerVocab, read_vqa_v2
     from features.store import FeatureStore
 
     ex = read_vqa_v2(FIX / "vqa_v2_questions.json", FIX / "vqa_v2_annotations.json")
@@ -118,7 +119,7 @@ def test_predict_on_easy_vqa_image_and_a_real_photo_writes_attention_png(tmp_pat
     assert main(["finetune", "--task", "vqa", "--arch", arch, "--data", "easy-vqa", "--eval-data", "easy-vqa",
                  "--features", easy_vqa_stores[0], "--eval-features", easy_vqa_stores[1], "--out", str(out),
                  *FAST, "data.train_limit=64", "data.eval_limit=16"]) == 0
-    answers = json.loads((out / "model" / "answers.json").read_text())
+    answers = AnswerVocab.load(out / "model" / "answers.json").answers
     photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     for image in (easy_vqa.get_test_image_paths()[0], photo):
         png = tmp_path / f"att-{Path(image).stem}.png"

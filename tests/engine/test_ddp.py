@@ -1,8 +1,9 @@
-"""torchrun with 2 processes (gloo): identical parameters on both ranks, only rank 0 writes, and 2 ranks x b reach
-the weights of 1 rank x 2b on the same data."""
+"""torchrun with 2 processes (gloo): identical parameters on both ranks, only rank 0 writes, 2 ranks x b reach the
+weights of 1 rank x 2b on the same data, and DDP looks for unused parameters only when some are unused."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -19,11 +20,12 @@ WORKER = textwrap.dedent("""
     import os, sys
     from safetensors.torch import save_file
     from pretraining.run import PretrainRun, load_pretrain_config
-    from vlm.engine.distributed import DistInfo
+    from vlm.engine.distributed import DistInfo, start
 
     dist = DistInfo.from_env(os.environ)  # as the CLI does
     cfg = load_pretrain_config(sys.argv[1], overrides=sys.argv[4:])
-    run = PretrainRun(cfg, out_dir=sys.argv[2], dist=dist, show_progress=False)
+    device = start(dist, cfg.train.device, cfg.train.seed)  # as pretrain() does
+    run = PretrainRun(cfg, device=device, out_dir=sys.argv[2], dist=dist, show_progress=False)
     run.run()
     # each rank reports its own parameters, outside the run folder, so that the test can compare ranks
     os.makedirs(sys.argv[3], exist_ok=True)
@@ -70,3 +72,44 @@ def test_two_ranks_match_one_rank_with_double_batch(tmp_path, easy_vqa_stores):
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-4, f"largest parameter difference {worst}"
     assert all(torch.equal(a[k], r0[k]) for k in r0)  # rank 0's parameters are what was saved
+
+
+TOY_WORKER = textwrap.dedent("""
+    import json, logging, os, sys
+    from engine_toys import RecordingSource, ToyTask
+    from vlm.config import TrainConfig
+    from vlm.engine.distributed import DistInfo, start
+    from vlm.engine.trainer import Trainer
+
+    logging.basicConfig(level=logging.INFO)
+    dist = DistInfo.from_env(os.environ)
+    device = start(dist, "cpu", seed=0)
+    task = ToyTask(spare=sys.argv[2] == "spare")
+    cfg = TrainConfig(batch_size=2, grad_accum=2, max_steps=3, log_every=1, lr=1e-2, warmup_ratio=0.0,
+                      precision="fp32")
+    trainer = Trainer(task, RecordingSource(32), cfg, save_model=task, run_dir=sys.argv[1], dist=dist, device=device,
+                      show_progress=False)
+    trainer.train()
+    report = os.path.join(sys.argv[3], f"rank{dist.rank}.json")
+    with open(report, "w") as f:
+        json.dump({"find_unused": trainer.model.find_unused_parameters}, f)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spare", [False, True])
+def test_ddp_looks_for_unused_parameters_only_when_some_are_unused(tmp_path, spare):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    worker = tmp_path / "worker.py"
+    worker.write_text(TOY_WORKER)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(_free_port()), str(worker), str(tmp_path / "run"),
+                           "spare" if spare else "all-used", str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["find_unused"] is spare for r in reports)
+    assert "Expected to have finished reduction" not in out  # DDP's error when an unused parameter is not expected
+    assert "find_unused_parameters=True was specified" not in out  # its warning when the search finds nothing
+    assert ("2 parameter(s) get no gradient in a training step" in out and "spare.weight, spare.bias" in out) is spare

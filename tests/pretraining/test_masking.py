@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vlm
-from pretraining.data import PretrainData, read_easy_vqa
+from pretraining.data import PretrainData, read_texts
 from pretraining.masking import IGNORE, MaskingConfig, mask_regions, mask_tokens
 
 
@@ -15,7 +15,7 @@ from pretraining.masking import IGNORE, MaskingConfig, mask_regions, mask_tokens
 def data(easy_vqa_stores):
     from features.store import FeatureStore
 
-    texts = read_easy_vqa("train")[:240]
+    texts = read_texts("easy-vqa", "train")[:240]
     return PretrainData(texts, FeatureStore(easy_vqa_stores[0]), vlm.load_tokenizer(), ["yes", "no"], seed=3)
 
 
@@ -80,7 +80,7 @@ def test_mask_tokens_is_a_pure_function_of_its_uniforms():
 
 def test_mismatched_pairs_come_from_another_image_and_carry_no_answer(data):
     tok = vlm.load_tokenizer()
-    texts = read_easy_vqa("train")[:240]
+    texts = read_texts("easy-vqa", "train")[:240]
     image_of_text = {}
     for e in texts:
         image_of_text.setdefault(tuple(tok(e.text)["input_ids"]), set()).add(e.image_id)
@@ -118,7 +118,7 @@ def test_batches_do_not_depend_on_batch_composition(data):
 def test_texts_without_features_are_counted_and_reported(easy_vqa_stores, caplog):
     from features.store import FeatureStore
 
-    texts = read_easy_vqa("train")[:600]  # covers more images than the store holds
+    texts = read_texts("easy-vqa", "train")[:600]  # covers more images than the store holds
     d = PretrainData(texts, FeatureStore(easy_vqa_stores[0]), vlm.load_tokenizer(), [])
     assert d.report.texts == 600
     assert d.report.missing_image > 0 and d.report.kept + d.report.missing_image == 600

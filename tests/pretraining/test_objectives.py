@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vlm
-from pretraining.data import PretrainData, answer_table, read_easy_vqa
+from pretraining.data import PretrainData, answer_vocab, read_texts
 from pretraining.objectives import OBJECTIVES, build_objectives
 from pretraining.task import PretrainTask
 from vlm_testing import TINY_MODEL
@@ -17,8 +17,8 @@ from vlm_testing import TINY_MODEL
 def batch_and_answers(easy_vqa_stores):
     from features.store import FeatureStore
 
-    texts = read_easy_vqa("train")[:160]
-    answers = answer_table(texts)
+    texts = read_texts("easy-vqa", "train")[:160]
+    answers = answer_vocab(texts)
     data = PretrainData(texts, FeatureStore(easy_vqa_stores[0]), vlm.load_tokenizer(), answers, seed=0)
     batch = data.batch(np.arange(0, 160, 10), 0)  # 16 real pairs
     # The patches store has no detector labels: give the label objectives targets of the same shape as a detector's.

@@ -6,8 +6,8 @@ from collections import defaultdict
 
 import pytest
 
-from downstream.vqa import EASY_VQA_COLOURS, EASY_VQA_SHAPES, read_easy_vqa
-from pretraining.data import EASY_VQA_CAPTIONS, is_builtin, read_texts
+from pretraining.data import read_texts
+from vlm.data.easy_vqa import CAPTION_TEMPLATES, EASY_VQA_COLOURS, EASY_VQA_SHAPES, is_builtin, read_easy_vqa
 from vlm.errors import DataError
 
 
@@ -17,7 +17,7 @@ def test_easy_vqa_captions_name_each_images_own_colour_and_shape():
     for c in captions:
         assert c.answers is None  # captions are not questions: no QA target
         by_image[c.image_id].append(c.text)
-    assert all(len(texts) == len(EASY_VQA_CAPTIONS) for texts in by_image.values())
+    assert all(len(texts) == len(CAPTION_TEMPLATES) for texts in by_image.values())
     # The direct questions of easy-VQA say the truth: every caption must name the answered colour and shape.
     checked = 0
     for q in read_easy_vqa("test"):

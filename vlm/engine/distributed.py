@@ -1,8 +1,9 @@
-"""torch.distributed for the engine: process-group set-up from explicit arguments, rank helpers, collectives.
+"""torch.distributed for the engine: starting a run (device, process group, seed) from explicit arguments, rank
+helpers, collectives.
 
 Only the CLI reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` (set by ``torchrun``) and passes them here as a
 :class:`DistInfo`; nothing in the engine looks at the environment. One process per device, DDP with ``gloo`` on CPU
-and ``nccl`` on CUDA.
+and ``nccl`` on CUDA. :func:`start` is the one place a run is started.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from vlm.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,43 @@ class DistInfo:
                    local_rank=int(env.get("LOCAL_RANK", 0)))
 
 
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """The device that ``train.device`` names for this process.
+
+    Args:
+        name: ``"auto"`` (this rank's GPU, ``cuda:<local_rank>``, when CUDA is available, else the CPU) or a torch
+            device name (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        info: this process's place in the job.
+
+    Raises:
+        ConfigError: for a CUDA device this machine does not have.
+    """
+    if name == "auto":
+        return torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"train.device={name}: no such CUDA device on this machine "
+                          f"({torch.cuda.device_count()} visible)")
+    return device
+
+
+def start(info: DistInfo, device_name: str, seed: int) -> torch.device:
+    """Start a run: resolve its device, join the process group (when ``info.world_size > 1``) and seed torch.
+
+    Args:
+        info: this process's place in the job.
+        device_name: ``train.device`` (see :func:`resolve_device`).
+        seed: seeds torch's global RNGs, once, here (e.g. for model initialisation: the same weights on every rank).
+
+    Returns:
+        The device this process runs on.
+    """
+    device = resolve_device(device_name, info)
+    setup(info, device)
+    torch.manual_seed(seed)
+    return device
+
+
 def setup(info: DistInfo, device: torch.device, timeout_s: float = 600.0) -> None:
     """Join the process group (``env://`` rendezvous from torchrun) when ``info.world_size > 1``."""
     if not info.enabled or dist.is_initialized():
@@ -50,11 +90,6 @@ def setup(info: DistInfo, device: torch.device, timeout_s: float = 600.0) -> Non
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
     logger.info("joined process group: rank %d of %d (%s)", info.rank, info.world_size, backend)
-
-
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def active() -> bool:

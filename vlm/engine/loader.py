@@ -6,10 +6,14 @@ everything else: epoch ``e`` visits a permutation of the examples seeded by ``(s
 ``batch_size × world_size``; rank ``r`` takes slice ``r`` of each. So a batch is a pure function of
 ``(seed, epoch, position, rank)``: resuming at a saved position replays exactly what an uninterrupted run would have
 seen, with or without DataLoader workers, and 2 ranks × b sees the same samples as 1 rank × 2b.
+
+:class:`StepBatches` walks the plan for the trainer: the ``grad_accum`` micro-batches of each optimiser step, epoch
+after epoch, from a saved ``(epoch, position)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Protocol
 
@@ -67,13 +71,75 @@ def _own_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def epoch_loader(source: BatchSource, plan: EpochPlan, epoch: int, start: int = 0,
-                 num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """Batches ``start, start+1, …`` of ``epoch`` (workers prefetch whole batches, in order)."""
+def epoch_loader(source: BatchSource, plan: EpochPlan, epoch: int, start: int = 0, num_workers: int = 0,
+                 stop: int | None = None) -> torch.utils.data.DataLoader:
+    """Batches ``start, start+1, …`` of ``epoch``, up to ``stop`` (default: the epoch's end) excluded; workers
+    prefetch whole batches, in order."""
     ds = _PlannedBatches(source, plan, epoch)
-    return torch.utils.data.DataLoader(ds, batch_size=None, sampler=range(start, len(ds)), num_workers=num_workers,
+    stop = len(ds) if stop is None else stop
+    return torch.utils.data.DataLoader(ds, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
                                        collate_fn=_identity, persistent_workers=False, generator=_own_generator(),
                                        prefetch_factor=2 if num_workers else None)
+
+
+class StepBatches:
+    """The micro-batches of each optimiser step, epoch after epoch, from any saved position (never exhausted).
+
+    Each epoch's batches are taken ``grad_accum`` at a time; the last ``batches_per_epoch % grad_accum`` cannot fill a
+    step and are skipped without being loaded. Every epoch gets its own :func:`epoch_loader`, which draws no global
+    RNG. A new epoch starts only when the next step is asked for, so right after an epoch's last step ``epoch`` and
+    ``position`` still describe that epoch: what a checkpoint saved at that step records, as it always has.
+
+    Args:
+        source: the training examples.
+        plan: which examples make each batch.
+        grad_accum: micro-batches per step (at most ``plan.batches_per_epoch``).
+        num_workers: DataLoader workers.
+        epoch: epoch to start in.
+        position: micro-batches of ``epoch`` already consumed. A position at or past the epoch's end (checkpoints
+            written after an epoch's last batch) starts the next epoch.
+
+    Attributes:
+        epoch: epoch of the step last returned (or of the starting point).
+        position: micro-batches of ``epoch`` consumed, skipped ones excluded.
+    """
+
+    def __init__(self, source: BatchSource, plan: EpochPlan, grad_accum: int, num_workers: int = 0, epoch: int = 0,
+                 position: int = 0) -> None:
+        if not 1 <= grad_accum <= plan.batches_per_epoch:
+            raise ValueError(f"grad_accum={grad_accum} needs 1 to {plan.batches_per_epoch} batches per epoch")
+        if position >= plan.batches_per_epoch:
+            epoch, position = epoch + 1, 0
+        self.source, self.plan, self.grad_accum, self.num_workers = source, plan, grad_accum, num_workers
+        self.epoch, self.position = epoch, position
+        self._batches: Iterator[Batch] | None = None
+
+    @property
+    def epoch_finished(self) -> bool:
+        """No full step is left in ``epoch``: the step just returned was its last. Also true before the first step
+        when the starting position lies among an epoch's skipped batches."""
+        return self.position + self.grad_accum > self.plan.batches_per_epoch
+
+    def __iter__(self) -> StepBatches:
+        return self
+
+    def __next__(self) -> list[Batch]:
+        """The ``grad_accum`` micro-batches of the next step."""
+        if self.epoch_finished:
+            self.close()
+            self.epoch, self.position = self.epoch + 1, 0
+        if self._batches is None:
+            full_steps = (self.plan.batches_per_epoch - self.position) // self.grad_accum
+            self._batches = iter(epoch_loader(self.source, self.plan, self.epoch, start=self.position,
+                                              stop=self.position + full_steps * self.grad_accum,
+                                              num_workers=self.num_workers))
+        step = [next(self._batches) for _ in range(self.grad_accum)]
+        self.position += self.grad_accum
+        return step
+
+    def close(self) -> None:
+        """Drop the current epoch's loader, which stops its workers (the next step starts a new one)."""
+        self._batches = None
 
 
 class _EvalBatches(torch.utils.data.Dataset):

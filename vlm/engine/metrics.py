@@ -65,14 +65,6 @@ class MetricsLogger:
             self._tb = None
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All records of a run's ``metrics.jsonl`` (for summaries, tests and notebooks)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 class RunningMean:
     """Exponential moving averages of the losses, for the progress bar."""
 

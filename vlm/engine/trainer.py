@@ -6,7 +6,9 @@ bottom.
 batch source (see :mod:`vlm.engine.loader`), a :class:`vlm.TrainConfig`, the model whose weights are checkpointed,
 and the run folder. It does AdamW without decay on biases and norms, linear warm-up then linear decay, gradient
 accumulation (DDP's ``no_sync`` on all but the last micro-batch), clipping, mixed precision (``vlm.precision``),
-metrics to ``metrics.jsonl``, periodic evaluation, atomic checkpoints and exact resume.
+metrics to ``metrics.jsonl``, periodic evaluation, atomic checkpoints and exact resume. Under DDP, a probe step before
+wrapping finds the parameters that get no gradient, so that DDP searches for unused parameters only when there are
+some.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from vlm.config import TrainConfig
 from vlm.engine import distributed as D
 from vlm.engine.checkpoint import (CheckpointManager, load_trainer_state, load_weights, resolve_resume, rng_state,
                                    set_rng_state)
-from vlm.engine.loader import BatchSource, EpochPlan, epoch_loader
+from vlm.engine.loader import BatchSource, EpochPlan, StepBatches
 from vlm.engine.metrics import MetricsLogger, RunningMean, progress
 from vlm.errors import CheckpointError, VLMError
 from vlm.precision import autocast, autocast_dtype
@@ -94,16 +96,18 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.task = task.to(self.device)
         self.save_model = save_model
-        self.model: nn.Module = task
-        if dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(task, device_ids=ids, find_unused_parameters=True)
         self.source = source
         self.plan = EpochPlan(len(source), cfg.batch_size, world_size=dist.world_size, rank=dist.rank, seed=cfg.seed)
         if self.plan.batches_per_epoch < cfg.grad_accum:
             raise VLMError(f"{len(source)} training examples make {self.plan.batches_per_epoch} batches of "
                            f"{cfg.batch_size} x {dist.world_size} rank(s); need at least train.grad_accum="
                            f"{cfg.grad_accum}: lower train.batch_size or add data")
+        self.model: nn.Module = task
+        if dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # searching for unused parameters costs a graph traversal every step: only when some are unused
+            unused = self.has_unused_parameters()
+            self.model = nn.parallel.DistributedDataParallel(task, device_ids=ids, find_unused_parameters=unused)
         steps_per_epoch = self.plan.batches_per_epoch // cfg.grad_accum
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         self.optimizer = adamw(param_groups(task, cfg.weight_decay), cfg)
@@ -121,6 +125,33 @@ class Trainer:
         self.position = 0  # micro-batches of `epoch` consumed
         self.history: list[dict[str, Any]] = []  # eval records of this process
 
+    def has_unused_parameters(self) -> bool:
+        """Whether a parameter gets no gradient in a training step on some rank (a collective under DDP).
+
+        One forward and backward of the first training micro-batch, on the unwrapped task, with the gradients returned
+        rather than accumulated, the RNGs forked and the buffers restored, so that neither the weights' ``.grad``, the
+        global RNG state (exact resume, seed determinism) nor e.g. running statistics change. A parameter can be
+        unused legitimately, e.g. the region-side feed-forward of LXMERT's last cross-modality layer in a model that
+        pools only the text ``[CLS]``.
+        """
+        named = [(n, p) for n, p in self.task.named_parameters() if p.requires_grad]
+        buffers = [(b, b.detach().clone()) for b in self.task.buffers()]
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            batch = self.source.batch(self.plan.indices(0, 0), 0).to(self.device)
+            self.task.train()
+            with autocast(self.device, self.cfg.precision):
+                loss = self.task(batch).loss
+            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        names = [n for (n, _), g in zip(named, grads) if g is None]
+        if names:
+            logger.info("rank %d: %d parameter(s) get no gradient in a training step, so DDP looks for unused "
+                        "parameters every step: %s", self.dist.rank, len(names), ", ".join(names))
+        return bool(D.all_reduce_sum(torch.tensor([float(bool(names))], device=self.device)).item())
+
     # ---------------------------------------------------------------------------------------------------------- step
 
     def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
@@ -136,7 +167,8 @@ class Trainer:
                 with autocast(self.device, self.cfg.precision):
                     out = self.model(batch)
                 self.scaler.scale(out.loss / n).backward()
-            values = {"loss": out.loss.detach(), **{k: v.detach() for k, v in (getattr(out, "losses", None) or {}).items()}}
+            losses = getattr(out, "losses", None) or {}
+            values = {"loss": out.loss.detach(), **{k: v.detach() for k, v in losses.items()}}
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / n
         self.scaler.unscale_(self.optimizer)
@@ -167,44 +199,34 @@ class Trainer:
                 write_text(self.run_dir / "config.yaml", self.run_config_yaml)
         torch.manual_seed(self.cfg.seed + self.dist.rank)  # dropout; batches draw from (seed, epoch, index)
         resumed_from = self._resume(resume)
-        accum = self.cfg.grad_accum
+        batches = StepBatches(self.source, self.plan, self.cfg.grad_accum, self.cfg.num_workers, self.epoch,
+                              self.position)
+        self.epoch, self.position = batches.epoch, batches.position
         bar = progress(self.total_steps, self.step, self.show_progress, desc=f"train {self.run_dir.name}")
         running, window, window_start = RunningMean(), [], time.perf_counter()
         first: dict[str, float] | None = None
         last_record: dict[str, float] = {}
+        if self._epoch_evaluation_due(batches):  # resumed between an epoch's last step and its evaluation
+            self.run_evaluation()
         while self.step < self.total_steps:
-            loader = epoch_loader(self.source, self.plan, self.epoch, start=self.position,
-                                  num_workers=self.cfg.num_workers)
-            micro: list[Batch] = []
-            for batch in loader:
-                micro.append(batch)
-                self.position += 1
-                if len(micro) < accum:
-                    continue
-                record = self.train_step(micro)
-                micro = []
-                self.step += 1
-                first = first or record
-                last_record = record
-                window.append(record)
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in running.update(
-                    {k: v for k, v in record.items() if k not in ("lr", "grad_norm")}).items()}, refresh=False)
-                if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
-                    self._log_window(window, time.perf_counter() - window_start)
-                    window, window_start = [], time.perf_counter()
-                if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
-                    self.run_evaluation()
-                if self.cfg.save_every and self.step % self.cfg.save_every == 0:
-                    self.save()
-                if self.step >= self.total_steps:
-                    break
-            else:  # the epoch ran out
-                self.epoch, self.position = self.epoch + 1, 0
-                if not self.cfg.eval_every:
-                    self.run_evaluation()
-                continue
-            break
+            record = self.train_step(next(batches))
+            self.step += 1
+            self.epoch, self.position = batches.epoch, batches.position
+            first, last_record = first or record, record
+            window.append(record)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in running.update(
+                {k: v for k, v in record.items() if k not in ("lr", "grad_norm")}).items()}, refresh=False)
+            if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                self._log_window(window, time.perf_counter() - window_start)
+                window, window_start = [], time.perf_counter()
+            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+                self.run_evaluation()
+            if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                self.save()
+            if self._epoch_evaluation_due(batches):
+                self.run_evaluation()
+        batches.close()
         bar.close()
         if window:
             self._log_window(window, time.perf_counter() - window_start)
@@ -215,6 +237,15 @@ class Trainer:
         return {"steps": self.step, "epochs": self.epoch + self.position / max(1, self.plan.batches_per_epoch),
                 "first": first, "last": last_record, "eval": self.history, "checkpoint": str(ckpt),
                 "resumed_from": str(resumed_from) if resumed_from else None}
+
+    def _epoch_evaluation_due(self, batches: StepBatches) -> bool:
+        """With ``eval_every == 0``, evaluate at each epoch's end; at the last step the final evaluation does.
+
+        Checkpoints are saved before the epoch-end evaluation. A run resumed from one whose epoch still has batches that
+        cannot fill a step holds that evaluation first; one saved at the epoch's very end (``position ==
+        batches_per_epoch``) resumes in the next epoch without it, as the loop always did.
+        """
+        return not self.cfg.eval_every and batches.epoch_finished and self.step < self.total_steps
 
     def _log_window(self, window: list[dict[str, float]], seconds: float) -> None:
         keys = window[0].keys()
@@ -285,8 +316,6 @@ class Trainer:
         self.history = list(state.get("history", []))
         rngs = state["rng"]
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
-        if self.position >= self.plan.batches_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
         if self.dist.is_main:
             logger.warning("resumed from %s at step %d (epoch %d, batch %d)", ckpt, self.step, self.epoch,
                            self.position)

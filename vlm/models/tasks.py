@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -97,6 +98,45 @@ class VLMModel(nn.Module):
         with atomic_write(directory / WEIGHTS_NAME) as tmp:
             save_model(self, str(tmp), metadata={"task": self.task, "format": "vlm/1"})
         return directory
+
+    def resize_answer_head(self, answers: Sequence[str], old_answers: Sequence[str]) -> int:
+        """Give the QA head the answer table ``answers`` (transformers' ``resize_num_qa_labels``, by name).
+
+        The hidden layer is kept; the output row of each answer that is in ``old_answers`` (the table this head was
+        trained on) is carried over by answer name, the rows of new answers start from the model's initialisation.
+
+        Args:
+            answers: the new answer table, in id order.
+            old_answers: the head's current answer table, in id order (one per output row).
+
+        Returns:
+            How many rows were carried over.
+
+        Raises:
+            ConfigError: the model has no answer head.
+            DataError: ``old_answers`` does not have one answer per output row of the head.
+        """
+        old = getattr(self, "answer", None)
+        if old is None:
+            raise ConfigError(f"a {self.task!r} model without an answer head cannot be given an answer table")
+        if len(old_answers) != old.fc2.out_features:
+            raise DataError(f"the answer table has {len(old_answers)} answers but the answer head has "
+                            f"{old.fc2.out_features} outputs")
+        new = AnswerHead(self.config, len(answers))
+        new.apply(lambda m: init_weights(m, self.config.initializer_range))
+        new.to(device=old.fc2.weight.device, dtype=old.fc2.weight.dtype)
+        new.fc1.load_state_dict(old.fc1.state_dict())
+        new.norm.load_state_dict(old.norm.state_dict())
+        row_of = {a: j for j, a in enumerate(old_answers)}
+        pairs = [(i, row_of[a]) for i, a in enumerate(answers) if a in row_of]
+        if pairs:
+            dst, src = (torch.tensor(x) for x in zip(*pairs))
+            with torch.no_grad():
+                new.fc2.weight[dst] = old.fc2.weight[src]
+                new.fc2.bias[dst] = old.fc2.bias[src]
+        self.answer = new
+        self.config.num_answers = len(answers)
+        return len(pairs)
 
 
 class VLMEncoderModel(VLMModel):

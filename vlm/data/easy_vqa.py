@@ -1,14 +1,25 @@
-"""``easy-vqa-statements``: a built-in image + text classification task that neither modality decides alone.
+"""easy-VQA (the ``easy-vqa`` package): its questions, each image's colour and shape, and the texts built from them.
 
-Each easy-VQA image shows one shape (circle, rectangle or triangle) in one colour (DESIGN §7). Both are read off the
-image's own questions in the ``easy-vqa`` package: an answer that is a colour or shape word names it; the colour in
-``"what is the red shape?"`` and the shape in ``"what color is the circle?"`` are presupposed; and a yes/no question
-about one colour or shape names it when the answer says it is there (``"is there a red shape?" → yes``,
-``"is there not a circle?" → no``). Answers that rule values out name the value left when all others are ruled out
-(one of eight colours, one of three shapes), and expose conflicts. Images
-whose colour or shape cannot be read, or whose evidence conflicts, are counted in the report and left out.
+easy-VQA is vlm's built-in data (DESIGN §7): 4,000 train and 1,000 test images, each one shape (circle, rectangle or
+triangle) in one of eight colours, and 38,575 / 9,673 questions with one answer each. This module reads it and builds
+the other built-in texts from it:
 
-Every usable image gets five pairs of statements, one true and one false of each type:
+* :func:`read_easy_vqa`: the questions as :class:`vlm.data.vqa.VQAExample` (``easy-vqa``);
+* :func:`read_image_attributes`: each image's colour and shape, read off its own questions;
+* :func:`captions`: ``easy-vqa-captions``, :data:`CAPTION_TEMPLATES` filled with each image's colour and shape (the
+  stand-in for the COCO/Visual Genome captions LXMERT pretrains on);
+* :func:`build_statements`: ``easy-vqa-statements``, true and false statements about each image, balanced so that
+  neither modality decides them alone (a classification task);
+* :func:`is_builtin`: whether a data spec names only built-in data (so its features are the built-in extraction).
+
+Reading the attributes: an answer that is a colour or shape word names it; the colour in ``"what is the red shape?"``
+and the shape in ``"what color is the circle?"`` are presupposed; and a yes/no question about one colour or shape names
+it when the answer says it is there (``"is there a red shape?" → yes``, ``"is there not a circle?" → no``). Answers
+that rule values out name the value left when all others are ruled out (one of eight colours, one of three shapes), and
+expose conflicts. Images whose colour or shape cannot be read, or whose evidence conflicts, are counted in the report
+and left out.
+
+Statements: every usable image gets five pairs, one true and one false of each type:
 
 * ``colour`` — "the shape is {colour}": true when it is the image's colour;
 * ``negated colour`` — "the shape is not {colour}": true when it is not;
@@ -21,7 +32,6 @@ not have. Those values are a random derangement of the multiset of the images' o
 shape or pair is named wrongly exactly as often as it is some image's own value. Hence every statement string
 is true exactly as often as false, and every image has as many true as false statements: a text-only or an image-only
 predictor cannot beat 50% (:func:`ceilings` measures it), while image and text together decide every label.
-
 Labels: 1 = true, 0 = false (:data:`STATEMENT_CLASSES`).
 """
 
@@ -32,18 +42,95 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from downstream.classification import ClassificationExample, ClassList
-from downstream.vqa import EASY_VQA_COLOURS, EASY_VQA_SHAPES, EASY_VQA_SPLITS, VQAExample, read_easy_vqa
+from vlm.data.classification import ClassificationExample, ClassList
+from vlm.data.vqa import PathLike, VQAExample
 from vlm.errors import DataError
-
-__all__ = ["STATEMENT_CLASSES", "STATEMENT_TYPES", "StatementReport", "build_statements", "ceilings",
-           "read_image_attributes"]
+from vlm.io import read_json
 
 logger = logging.getLogger(__name__)
+
+#: Names of the built-in data: easy-VQA's questions, its captions and its statements.
+BUILTIN_DATA = ("easy-vqa", "easy-vqa-captions", "easy-vqa-statements")
+
+#: Caption templates of ``easy-vqa-captions``: every image gets one of each.
+CAPTION_TEMPLATES = ("a {colour} {shape}", "the {shape} is {colour}", "this image shows a {colour} {shape}")
+
+
+def is_builtin(spec: str) -> bool:
+    """Whether every part of a data spec (parts joined by ``+``) is built-in data, whose features are the built-in
+    easy-VQA extraction; the one test of it."""
+    return bool(spec) and all(part in BUILTIN_DATA for part in spec.split("+"))
+
+
+#: The splits of the easy-vqa package.
+EASY_VQA_SPLITS = ("train", "test")
+EASY_VQA_COLOURS = ("red", "green", "blue", "black", "gray", "yellow", "teal", "brown")
+EASY_VQA_SHAPES = ("circle", "rectangle", "triangle")
+
+
+def easy_vqa_question_type(answer: str) -> str | None:
+    """``yes/no``, ``colour`` or ``shape`` from an easy-VQA answer; None for anything else."""
+    if answer in ("yes", "no"):
+        return "yes/no"
+    if answer in EASY_VQA_COLOURS:
+        return "colour"
+    if answer in EASY_VQA_SHAPES:
+        return "shape"
+    return None
+
+
+def easy_vqa_questions_path(split: str) -> Path:
+    """The ``questions.json`` of an easy-VQA split inside the installed package."""
+    if split not in EASY_VQA_SPLITS:
+        raise DataError(f"unknown easy-VQA split {split!r}: expected one of {', '.join(EASY_VQA_SPLITS)}")
+    try:
+        import easy_vqa
+    except ImportError:  # pragma: no cover - easy-vqa is a dependency of vlm
+        raise DataError("easy-VQA needs the easy-vqa package: pip install easy-vqa") from None
+    return Path(easy_vqa.__file__).parent / "data" / split / "questions.json"
+
+
+def read_easy_vqa(split: str, questions_path: PathLike | None = None) -> list[VQAExample]:
+    """Read an easy-VQA split: question_id is the row index in the split's ``questions.json``, image ids are the
+    package's integers as strings (train and test both start at "0"), answer and question type come from the answer.
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+        questions_path: read this file (same layout: ``[[question, answer, image_id], ...]``) instead of the
+            package's; the answers must still be easy-VQA answers.
+
+    Raises:
+        DataError: a row that is not ``[question, answer, image_id]``, an empty question, an unknown answer.
+    """
+    path = Path(questions_path) if questions_path is not None else easy_vqa_questions_path(split)
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of [question, answer, image_id] rows")
+    out = []
+    for i, row in enumerate(rows):
+        where = f"{path}: row {i}"
+        if not isinstance(row, list) or len(row) != 3:
+            raise DataError(f"{where}: expected [question, answer, image_id], got {row!r}")
+        question, answer, image_id = row
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{where}: field 'question': expected a non-empty string, got {question!r}")
+        qtype = easy_vqa_question_type(answer) if isinstance(answer, str) else None
+        if qtype is None:
+            raise DataError(f"{where}: field 'answer': {answer!r} is not an easy-VQA answer (yes, no, a colour "
+                            f"{'/'.join(EASY_VQA_COLOURS)} or a shape {'/'.join(EASY_VQA_SHAPES)})")
+        if isinstance(image_id, bool) or not isinstance(image_id, int):
+            raise DataError(f"{where}: field 'image_id': expected an integer, got {image_id!r}")
+        out.append(VQAExample(question_id=i, image_id=str(image_id), question=question, answers=[answer],
+                              answer_type=qtype, question_type=qtype, label={answer: 1.0},
+                              multiple_choice_answer=answer))
+    return out
+
+
 
 #: Class 0 = the statement is false for the image, 1 = true.
 STATEMENT_CLASSES = ClassList(["false", "true"])
@@ -200,7 +287,7 @@ def build_statements(split: str, seed: int = 0, questions: Sequence[VQAExample] 
     Args:
         split: ``"train"`` or ``"test"`` (the easy-VQA split whose images and questions are used).
         seed: draws which wrong colour/shape each image's false statements name.
-        questions: the split's questions (default: :func:`downstream.vqa.read_easy_vqa` of ``split``).
+        questions: the split's questions (default: :func:`read_easy_vqa` of ``split``).
 
     Returns:
         ``(examples, report)``. Examples come image by image (image ids ascending); each has ``label`` 1 (true) or 0
@@ -269,3 +356,17 @@ def ceilings(examples: Sequence[ClassificationExample]) -> dict[str, float]:
         overall[ex.label] += 1
     return {"text_only": _majority_share(by_text), "image_only": _majority_share(by_image),
             "majority": _majority_share({None: overall})}
+
+
+def captions(split: str, questions: Sequence[VQAExample] | None = None) -> list[tuple[str, str]]:
+    """``easy-vqa-captions``: ``(image_id, caption)`` pairs, :data:`CAPTION_TEMPLATES` filled with each image's colour
+    and shape as told by its own answers (images whose colour or shape cannot be read are counted in
+    :func:`read_image_attributes`' report, logged, and get no caption), image by image in id order."""
+    attributes, report = read_image_attributes(read_easy_vqa(split) if questions is None else questions)
+    missing = report.images - report.images_used
+    if missing:
+        logger.info("easy-vqa-captions %s: %d of %d images have no caption (colour or shape not told by their "
+                    "answers: %d without a colour, %d without a shape, %d conflicting)", split, missing,
+                    report.images, report.no_colour, report.no_shape, report.conflicting)
+    ids = sorted(attributes, key=lambda i: (len(i), i))
+    return [(i, t.format(colour=attributes[i][0], shape=attributes[i][1])) for i in ids for t in CAPTION_TEMPLATES]

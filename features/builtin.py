@@ -1,0 +1,127 @@
+"""The built-in easy-VQA feature stores, in one place: where they live, how they are made, which store a run reads.
+
+The built-in data (easy-VQA's questions, captions and statements) has no feature store of its own: its images are
+extracted on first use with the measured default (:func:`features.builtin_extraction`) into a cache folder, one store
+per split and setting, and reused afterwards. Every command that trains or evaluates resolves its stores through
+:func:`resolve_stores` (or :func:`builtin_store` for one split), so they agree on the folder and on when a store must
+be given.
+
+The cache folder is an argument: :func:`default_cache_dir` is its one default, and only the command line passes it the
+environment (``VLM_CACHE``). The distributed pieces are arguments too (``is_main``, ``barrier``): only the main rank
+extracts, the others wait. Nothing here imports ``vlm``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from features.errors import FeaturesError
+
+__all__ = ["builtin_store", "builtin_store_path", "default_cache_dir", "resolve_stores"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The cache folder of built-in features: ``environ["VLM_CACHE"]`` when given and set (the command line passes
+    ``os.environ``), else ``~/.cache/vlm``."""
+    if environ is not None and environ.get("VLM_CACHE"):
+        return Path(environ["VLM_CACHE"])
+    return Path(os.path.expanduser("~")) / ".cache" / "vlm"
+
+
+def _settings(backend: str) -> tuple[str, dict[str, Any]]:
+    """Backend and options of the built-in easy-VQA features (``auto``: the measured default)."""
+    from features.defaults import builtin_extraction
+
+    if backend == "auto":
+        return builtin_extraction()
+    return backend, {}  # that backend with its own defaults
+
+
+def builtin_store_path(split: str, cache_dir: str | os.PathLike[str], backend: str = "auto") -> Path:
+    """The folder of the built-in store of ``split`` for ``backend`` (named after the backend and its options)."""
+    name, options = _settings(backend)
+    tag = "-".join([name] + [f"{k}{v}" for k, v in sorted(options.items()) if k != "weights"])
+    return Path(cache_dir) / "features" / f"easy-vqa-{split}-{tag}"
+
+
+def _complete(store: Path) -> bool:
+    try:
+        return bool(json.loads((store / "manifest.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def builtin_store(split: str, cache_dir: str | os.PathLike[str] | None = None, backend: str = "auto", *,
+                  is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> Path:
+    """The easy-VQA feature store of ``split``, extracted on first use (by the main rank) and reused afterwards.
+
+    Extraction runs under a forked torch RNG, so whether the cache existed never changes the caller's random draws
+    (a run's model initialisation does not depend on it).
+
+    Args:
+        split: ``train`` or ``test``.
+        cache_dir: the cache folder (None: :func:`default_cache_dir` without the environment).
+        backend: ``auto`` (the measured default) or a backend name with its own defaults.
+        is_main: this process extracts when the store is missing; the others wait at ``barrier``.
+        barrier: a collective every process calls after the main one finished (``torch.distributed`` barrier).
+    """
+    out = builtin_store_path(split, cache_dir if cache_dir else default_cache_dir(), backend)
+    if not _complete(out):
+        if is_main:
+            from features.extract import extract
+
+            name, options = _settings(backend)
+            logger.warning("extracting built-in features: easy-vqa:%s with %s %s into %s (first use only)",
+                           split, name, options, out)
+            with torch.random.fork_rng(devices=[]):
+                extract(f"easy-vqa:{split}", out, name, options, part=(0, 1), device="cpu", progress=True)
+        barrier()
+    return out
+
+
+def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "", eval_features: str = "",
+                   cache_dir: str | os.PathLike[str] | None = None, backend: str = "auto", train_split: str = "train",
+                   eval_split: str = "test", need_train: bool = True, need_eval: bool = True, what: str = "the data",
+                   is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> tuple[Path | None, Path | None]:
+    """The feature stores of a run: ``(train store, held-out store)``; the one rule of every command.
+
+    * training: ``features`` when given; else the built-in store of ``train_split`` when the training data is built
+      in; else an error (a store is needed);
+    * held-out: ``eval_features`` when given; else the built-in store of ``eval_split`` when the held-out data is built
+      in and no training store was given; else the training store (the same folder holds both splits' images).
+
+    Args:
+        train_builtin, eval_builtin: whether the training / held-out data are built-in data (the caller decides, with
+            ``vlm.data.easy_vqa.is_builtin``).
+        need_train, need_eval: whether the run has training / held-out data at all (a store is None when not needed).
+        what: the data spec, named in the error.
+
+    Raises:
+        FeaturesError: a store is needed and none was given for data that is not built in.
+    """
+    train = eval_ = None
+    if need_train or (need_eval and not eval_features and not (eval_builtin and not features)):
+        if features:
+            train = Path(features)
+        elif train_builtin:
+            train = builtin_store(train_split, cache_dir, backend, is_main=is_main, barrier=barrier)
+        else:
+            raise FeaturesError(f"a feature store folder is needed for {what} (--features, data.features; "
+                                "vlm extract makes one)")
+    if need_eval:
+        if eval_features:
+            eval_ = Path(eval_features)
+        elif eval_builtin and not features:
+            eval_ = builtin_store(eval_split, cache_dir, backend, is_main=is_main, barrier=barrier)
+        else:
+            eval_ = train
+    return (train if need_train else None), eval_

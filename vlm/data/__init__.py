@@ -1,0 +1,14 @@
+"""What both task packages read: the data layer below ``pretraining`` and ``downstream``.
+
+* :mod:`vlm.data.collate`: texts tokenised once, texts joined to a feature store (counted), region padding;
+* :mod:`vlm.data.vqa`: the VQA example type, answer normalisation, :class:`~vlm.data.vqa.AnswerVocab` (one file
+  format), soft scores (one rule for pretraining and fine-tuning), the VQA v2 and LXMERT json readers;
+* :mod:`vlm.data.references`: the official VQA evaluation's normalisation tables;
+* :mod:`vlm.data.easy_vqa`: the built-in easy-VQA data, its per-image attributes, captions and statements, and
+  :func:`~vlm.data.easy_vqa.is_builtin`;
+* :mod:`vlm.data.classification`: the classification example type, class lists, JSONL and Hateful Memes readers;
+* :mod:`vlm.data.readers`: a ``--data`` spec to examples.
+
+It imports torch, numpy, the stdlib, ``easy_vqa``, ``vlm.batch``, ``vlm.errors`` and ``vlm.io`` only: no models, no
+engine, no ``features`` (tests/test_architecture.py enforces it).
+"""
