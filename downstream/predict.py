@@ -19,6 +19,9 @@ import numpy as np
 import torch
 
 import vlm
+from features.backends import backend_options
+from features.extract import extract
+from features.store import FeatureStore
 from vlm.data.collate import pad_regions, regions_of
 from vlm.data.vqa import AnswerVocab
 from vlm.errors import DataError
@@ -27,10 +30,6 @@ from vlm.layers import CrossModalLayer
 
 def extract_image(image: str | Path, features_info: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Region features of one image with the backend and settings recorded in ``features_info``."""
-    from features.backends import backend_options
-    from features.extract import extract
-    from features.store import FeatureStore
-
     path = Path(image)
     if not path.is_file():
         raise DataError(f"--image {path}: file not found")

@@ -392,7 +392,7 @@ def _apply_run_values(cfg: Any, values: dict[str, Any]) -> None:
         m = values.pop("model")
         if not isinstance(m, dict):
             raise ConfigError(f"model: expected a mapping of model config fields, got {m!r}")
-        apply_dict(ModelConfig(), m, prefix="model.")
+        check_fields(apply_dict(ModelConfig(), m, prefix="model."), prefix="model.")
         cfg.model.update(m)
     apply_dict(cfg, values)
 

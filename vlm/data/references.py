@@ -1,9 +1,10 @@
 """Reference tables of the official VQA v2 evaluation (Antol et al. 2015; Goyal et al. 2017).
 
-The answer normalisation of ``vqaEval.py`` in github.com/GT-Vision-Lab/VQA (master, Python 3 version) uses four
+The answer normalisation of ``vqaEval.py`` in github.com/GT-Vision-Lab/VQA (master, commit a013f00) uses four
 tables: a punctuation list, a number-word map, an article list and a contractions table. They are data the metric is
 defined by, so they are reproduced here entry for entry (including the entries that can never fire, noted below), in
-this module's own layout; the code that applies them is :func:`downstream.vqa.normalize_answer`.
+this module's own layout; the code that applies them is :func:`vlm.data.vqa.normalize_answer` (and the metric,
+:func:`downstream.vqa.vqa_accuracy`).
 """
 
 from __future__ import annotations
