@@ -27,10 +27,10 @@ install: $(STAMP)
 # The whole story on built-in data, quick profile: pretrain LXMERT-mini on easy-VQA, fine-tune it for VQA, then the
 # modality ablation (test-time and trained unimodal baselines) with its table and plot.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/vlm pretrain --arch lxmert --config lxmert-quick --out runs/demo/pretrain --no-progress
-	HF_HUB_OFFLINE=1 $(BIN)/vlm finetune --task vqa --config lxmert-vqa-quick --out runs/demo/finetune --no-progress
+	HF_HUB_OFFLINE=1 $(BIN)/vlm pretrain --arch lxmert --config lxmert-quick --out runs/demo/pretrain --overwrite --no-progress
+	HF_HUB_OFFLINE=1 $(BIN)/vlm finetune --task vqa --config lxmert-vqa-quick --out runs/demo/finetune --overwrite --no-progress
 	HF_HUB_OFFLINE=1 $(BIN)/vlm ablate --task vqa --config lxmert-vqa-quick --checkpoint runs/demo/finetune/model \
-		--train-baselines --out runs/demo/ablate --no-progress
+		--train-baselines --out runs/demo/ablate --overwrite --no-progress
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15

@@ -35,7 +35,7 @@ from vlm.data.easy_vqa import is_builtin
 from vlm.data.readers import read_classification, read_vqa
 from vlm.data.vqa import normalize_answer
 from vlm.engine import distributed as D
-from vlm.io import write_text
+from vlm.io import atomic_write, write_text
 from downstream.classification import classification_metrics
 from downstream.data import ClassifyData, VQAData
 from downstream.evaluate import evaluate, vqa_metrics
@@ -163,13 +163,16 @@ def ablation_configs(*, arch: str | None = None, task: str | None = None, config
 
 def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path | None = None,
            train_baselines: bool = False, dist: D.DistInfo = D.DistInfo(), show_progress: bool = True,
-           batch_size: int = 128, pretrain_cfg: PretrainConfig | None = None) -> dict[str, Any]:
+           batch_size: int = 128, pretrain_cfg: PretrainConfig | None = None, overwrite: bool = False
+           ) -> dict[str, Any]:
     """Run the modality ablation and write its four files into ``out_dir``; returns the results dict.
 
     Args:
         cfg: the fine-tuning config of the fused model (and of the trained baselines: same config and budget).
         checkpoint: a fine-tuned model folder; without it the fused model is trained first with ``cfg``.
         train_baselines: also train and evaluate the text-only and image-only models.
+        overwrite: replace runs already in ``out_dir`` (its ``pretrain``, ``fused``, ``text-only``, ``image-only``
+            folders); without it such a folder is refused before any work.
         pretrain_cfg: a :class:`pretraining.run.PretrainConfig` (see :func:`ablation_configs`); only used without
             ``checkpoint``: the default
             pipeline, pretraining into ``<out>/pretrain`` first and fine-tuning the fused model (and the baselines)
@@ -184,11 +187,12 @@ def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path |
         if not pretrain_cfg.data.cache_dir:
             pretrain_cfg = dataclasses.replace(pretrain_cfg, data=dataclasses.replace(pretrain_cfg.data,
                                                                                     cache_dir=cache))
-        summary = pretrain(pretrain_cfg, out_dir=out / "pretrain", dist=dist, show_progress=show_progress)
+        summary = pretrain(pretrain_cfg, out_dir=out / "pretrain", overwrite=overwrite, dist=dist,
+                           show_progress=show_progress)
         fused_cfg.init = str(summary.get("model") or out / "pretrain" / "model")
     if checkpoint is None:
         logger.warning("no --checkpoint: training the fused model first (%s, %s)", cfg.task, cfg.init)
-        finetune(fused_cfg, out_dir=out / "fused", dist=dist, show_progress=show_progress)
+        finetune(fused_cfg, out_dir=out / "fused", overwrite=overwrite, dist=dist, show_progress=show_progress)
         checkpoint = out / "fused" / "model"
     D.barrier()
     model, data, spec, run_cfg = load_eval_data(checkpoint, data=cfg.data.eval or None,
@@ -206,7 +210,8 @@ def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path |
             base_cfg = dataclasses.replace(run_cfg or fused_cfg, modality=modality)
             base_cfg.train = dataclasses.replace(base_cfg.train)
             base_cfg.data = dataclasses.replace(base_cfg.data, cache_dir=cache)
-            summary = finetune(base_cfg, out_dir=out / f"{modality}-only", dist=dist, show_progress=show_progress)
+            summary = finetune(base_cfg, out_dir=out / f"{modality}-only", overwrite=overwrite, dist=dist,
+                               show_progress=show_progress)
             rows.append(_row(name, "trained", summary["metrics"]))
     train_spec = (run_cfg or cfg).train_spec()
     train = read_vqa(train_spec, "train") if cfg.task == "vqa" else read_classification(train_spec, "train")[0]
@@ -247,8 +252,9 @@ def results_table(result: dict[str, Any]) -> str:
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> None:
+    """The result set: ``results.csv``, ``results.md``, ``ablation.png`` and, last, ``results.json``; each file is
+    written aside and renamed into place, and ``results.json`` (written last) marks a complete set."""
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
     types = _types(result["rows"])
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -260,6 +266,7 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
     title = (f"Modality ablation: {result['arch']} on {result['data']} ({result['task']}), accuracy in %\n\n")
     write_text(out / "results.md", title + results_table(result) + "\n")
     plot(result, out / "ablation.png")
+    write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -298,4 +305,5 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")

@@ -31,6 +31,7 @@ class _Joined:
         self.store = store
         self.image_ids = [image_ids[i] for i in keep]
         self.tokens = TokenTable([texts[i] for i in keep], tokenizer, max_text_len)
+        self.report.count_truncated(self.tokens, name)
         self.pad_id = tokenizer.pad_token_id
 
     def __len__(self) -> int:

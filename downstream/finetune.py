@@ -24,14 +24,15 @@ from features.builtin import resolve_stores
 from features.store import FeatureStore
 from vlm.config import (ConfigError, DataConfig, TrainConfig, apply_dict, choice, load_run_config, model_config,
                         run_config_yaml)
-from vlm.data.classification import ClassList
+from vlm.data.classification import ClassList, check_training_labels
 from vlm.data.easy_vqa import is_builtin
 from vlm.data.readers import BUILTIN_TASK_DATA, read_classification, read_vqa
 from vlm.data.vqa import AnswerVocab, example_answers
 from vlm.engine import distributed as D
 from vlm.engine.trainer import Trainer
 from vlm.errors import DataError
-from vlm.io import write_text
+from vlm.engine.checkpoint import prepare_run_dir
+from vlm.io import published_dir, write_text
 from vlm.models.tasks import model_class
 from downstream.data import ClassifyData, VQAData
 from downstream.evaluate import evaluate
@@ -170,6 +171,7 @@ class FinetuneRun:
         else:
             train_ex, self.classes = read_classification(spec, "train")
             train_ex = train_ex[:d.train_limit or None]
+            check_training_labels(train_ex, self.classes, spec)
             num_labels = max(2, len(self.classes))
             self.train_data = ClassifyData(train_ex, self.train_store, tok, num_labels, d.max_text_len, name="train")
             if eval_spec:
@@ -200,6 +202,7 @@ class FinetuneRun:
         summary: dict[str, Any] = {"task": self.cfg.task, "modality": self.cfg.modality,
                                    "arch": self.model.config.arch, "init": self.cfg.init,
                                    "run_dir": str(self.run_dir), "train": dataclasses.asdict(self.train_data.report),
+                                   "eval_data": dataclasses.asdict(self.eval_data.report) if self.eval_data else None,
                                    **result}
         if self.dist.is_main:
             final = self.run_dir / "model"
@@ -222,14 +225,16 @@ class FinetuneRun:
 
 def save_model_folder(model: vlm.VLMModel, folder: Path, vocab: AnswerVocab | None, classes: ClassList | None,
                       features: dict[str, Any]) -> None:
-    """A fine-tuned model folder: weights and config, the answer table (``answers.json``) or class list
-    (``classes.json``), and how its features were made (``features.json``)."""
-    model.save_pretrained(folder)
-    if vocab is not None:
-        vocab.save(folder / "answers.json")
-    if classes is not None:
-        classes.save(folder / "classes.json")
-    write_text(folder / "features.json", json.dumps(features, indent=2, default=str) + "\n")
+    """A fine-tuned model folder, published whole (written aside, then renamed into place): weights and config, the
+    answer table (``answers.json``) or class list (``classes.json``), and how its features were made
+    (``features.json``)."""
+    with published_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        if vocab is not None:
+            vocab.save(tmp / "answers.json")
+        if classes is not None:
+            classes.save(tmp / "classes.json")
+        write_text(tmp / "features.json", json.dumps(features, indent=2, default=str) + "\n")
 
 
 def write_predictions(preds: dict, path: Path, task: str) -> None:
@@ -251,9 +256,14 @@ def _flat(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def finetune(cfg: FinetuneConfig, *, out_dir: str | Path | None = None, resume: str | bool | None = None,
-             dist: D.DistInfo = D.DistInfo(), show_progress: bool = True) -> dict[str, Any]:
-    """Fine-tune and return the summary (also ``<out>/summary.json``, ``metrics.json``, ``predictions.json``)."""
+             overwrite: bool = False, dist: D.DistInfo = D.DistInfo(), show_progress: bool = True) -> dict[str, Any]:
+    """Fine-tune and return the summary (also ``<out>/summary.json``, ``metrics.json``, ``predictions.json``).
+
+    A run already in ``out_dir`` is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
+    """
     device = D.start(dist, cfg.train.device, cfg.train.seed)  # device, process group and the seed: once, here
+    prepare_run_dir(out_dir or cfg.train.out_dir, resume=resume, overwrite=overwrite, is_main=dist.is_main)
+    D.barrier()
     return FinetuneRun(cfg, device=device, out_dir=out_dir, dist=dist, show_progress=show_progress).run(resume)
 
 
@@ -319,7 +329,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", data: st
     model.to(dev)
     metrics, preds = evaluate(model, dataset, batch_size, dev, transform=transform)
     path = Path(out) if out else folder / f"eval-{split}.json"
-    write_text(path, json.dumps({"data": spec, "split": split, "metrics": metrics}, indent=2) + "\n")
+    report = dataclasses.asdict(dataset.report)  # counted skips and truncations of the evaluated texts
+    write_text(path, json.dumps({"data": spec, "split": split, "metrics": metrics, "data_report": report},
+                                indent=2) + "\n")
     write_predictions(preds, path.with_name(path.stem + "-predictions.json"), "vqa" if model.task == "vqa"
                       else "classify")
-    return {"metrics": metrics, "path": str(path), "data": spec, "split": split}
+    return {"metrics": metrics, "path": str(path), "data": spec, "split": split, "data_report": report}

@@ -11,6 +11,7 @@ over the regions). Heads are averaged.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,12 @@ import vlm
 from features.backends import backend_options
 from features.extract import extract
 from features.store import FeatureStore
-from vlm.data.collate import pad_regions, regions_of
+from vlm.data.collate import TokenTable, pad_regions, regions_of
 from vlm.data.vqa import AnswerVocab
 from vlm.errors import DataError
 from vlm.layers import CrossModalLayer
+
+logger = logging.getLogger(__name__)
 
 
 def extract_image(image: str | Path, features_info: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -104,14 +107,18 @@ def predict(checkpoint: str | Path, image: str | Path, question: str, top_k: int
         sample = extract_image(image, info, Path(tmp))
     feats, boxes, region_mask = pad_regions([regions_of(sample)])
     tok = vlm.load_tokenizer()
-    enc = tok([question], truncation=True, max_length=model.config.max_position_embeddings, return_tensors="pt")
-    batch = vlm.Batch(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                      token_type_ids=enc["token_type_ids"], region_feats=torch.from_numpy(feats),
+    table = TokenTable([question], tok, model.config.max_position_embeddings)
+    ids, mask = table.pad(np.arange(1))
+    batch = vlm.Batch(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                      token_type_ids=torch.zeros(ids.shape, dtype=torch.long), region_feats=torch.from_numpy(feats),
                       region_boxes=torch.from_numpy(boxes), region_mask=torch.from_numpy(region_mask))
     with torch.no_grad():
         scores = torch.sigmoid(model(batch).logits[0].float())
     top = scores.topk(min(top_k, len(answers)))
-    result: dict[str, Any] = {"answers": [(answers[i], float(s)) for s, i in zip(top.values, top.indices)]}
+    result: dict[str, Any] = {"answers": [(answers[i], float(s)) for s, i in zip(top.values, top.indices)],
+                              "truncated_to": table.max_len if table.truncated else None}
+    if table.truncated:
+        logger.warning("the question is longer than the model's %d text positions: truncated to them", table.max_len)
     if attention_png:
         weights = _attention_to_regions(model, batch)
         draw_attention(image, boxes[0], weights, attention_png, title=f"{question}  →  {result['answers'][0][0]}")

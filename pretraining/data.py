@@ -106,6 +106,13 @@ def read_texts(spec: str, split: str = "train") -> list[TextExample]:
     Sources joined by ``+`` are read in turn and concatenated."""
     if "+" in spec:
         return [e for part in spec.split("+") for e in read_texts(part, split)]
+    texts = _read_one(spec, split)
+    if not texts:
+        raise DataError(f"{spec}: no texts in the data (an empty file or list)")
+    return texts
+
+
+def _read_one(spec: str, split: str) -> list[TextExample]:
     if spec == "easy-vqa":
         return _from_vqa(easy_vqa.read_easy_vqa(split))
     if spec == "easy-vqa-captions":
@@ -160,6 +167,7 @@ class PretrainData:
         self.image_code = np.array([code[e.image_id] for e in kept], dtype=np.int64)
         # Tokenise once; keep the ids flat (no per-example Python objects held).
         table = TokenTable([e.text for e in kept], tokenizer, max_text_len)
+        self.report.count_truncated(table, name)
         self.lengths, self.offsets, self.tokens = table.lengths, table.offsets, table.tokens
         # A mismatched text must not be one of the image's own texts either (easy-VQA asks "what shape is in the
         # image?" of every image: such a negative would be a true pair labelled false).

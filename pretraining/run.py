@@ -25,7 +25,8 @@ from vlm.data.easy_vqa import is_builtin
 from vlm.engine import distributed as D
 from vlm.engine.loader import eval_batches
 from vlm.engine.trainer import Trainer
-from vlm.io import write_text
+from vlm.engine.checkpoint import prepare_run_dir
+from vlm.io import published_dir, write_text
 from pretraining.data import PretrainData, answer_vocab, read_texts
 from pretraining.masking import MaskingConfig
 from pretraining.objectives import build_objectives
@@ -96,16 +97,19 @@ def load_pretrain_config(config: str | None = None, arch: str | None = None,
 
 
 def pretrain(cfg: PretrainConfig, *, out_dir: str | Path | None = None, resume: str | bool | None = None,
-             dist: D.DistInfo = D.DistInfo(), show_progress: bool = True) -> dict[str, Any]:
+             overwrite: bool = False, dist: D.DistInfo = D.DistInfo(), show_progress: bool = True) -> dict[str, Any]:
     """Pretrain and return the summary (also written to ``<out>/summary.json``).
 
     Args:
         cfg: the run config.
         out_dir: run folder (default ``cfg.train.out_dir``).
         resume: ``True``/``"latest"`` for the newest checkpoint of the run folder, or a checkpoint/run folder.
+        overwrite: replace the run already in ``out_dir`` (without it, or ``resume``, such a folder is refused).
         dist: rank and world size (the CLI reads them from torchrun's environment).
     """
     device = D.start(dist, cfg.train.device, cfg.train.seed)  # device, process group and the seed: once, here
+    prepare_run_dir(out_dir or cfg.train.out_dir, resume=resume, overwrite=overwrite, is_main=dist.is_main)
+    D.barrier()
     return PretrainRun(cfg, device=device, out_dir=out_dir, dist=dist, show_progress=show_progress).run(resume)
 
 
@@ -187,9 +191,10 @@ class PretrainRun:
                    "answers": self.answers.answers if self.answers else [], "world_size": dist.world_size, **result}
         if dist.is_main:
             final = run_dir / "model"
-            self.model.save_pretrained(final)
-            if self.answers is not None:
-                self.answers.save(final / "answers.json")
+            with published_dir(final) as tmp:  # whole or not at all
+                self.model.save_pretrained(tmp)
+                if self.answers is not None:
+                    self.answers.save(tmp / "answers.json")
             summary["model"] = str(final)
             write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
         return summary

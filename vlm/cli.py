@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -168,7 +169,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_pretrain_config(args.config, args.arch, overrides)
     cfg.data.cache_dir = cfg.data.cache_dir or _cache_dir()
     dist = DistInfo.from_env(os.environ)
-    summary = pretrain(cfg, out_dir=args.out, resume=args.resume, dist=dist, show_progress=not args.no_progress)
+    summary = pretrain(cfg, out_dir=args.out, resume=args.resume, overwrite=args.overwrite, dist=dist,
+                       show_progress=not args.no_progress)
     if dist.is_main:
         print(format_pretrain_summary(summary))
     return 0
@@ -210,7 +212,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     cfg = load_finetune_config(args.config, args.task, args.arch, overrides)
     cfg.data.cache_dir = cfg.data.cache_dir or _cache_dir()
     dist = DistInfo.from_env(os.environ)
-    summary = finetune(cfg, out_dir=args.out, resume=args.resume, dist=dist, show_progress=not args.no_progress)
+    summary = finetune(cfg, out_dir=args.out, resume=args.resume, overwrite=args.overwrite, dist=dist,
+                       show_progress=not args.no_progress)
     if dist.is_main:
         print(format_metrics(summary.get("metrics"), f"fine-tuned {summary['arch']} ({summary['task']}) for "
                              f"{summary['steps']} steps; model: {summary.get('model')}"))
@@ -249,6 +252,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     out = predict(args.checkpoint, args.image, args.question, top_k=args.top_k, attention_png=args.attention)
     print(f"Q: {args.question}")
+    if out.get("truncated_to"):
+        print(f"  (the question was truncated to the model's {out['truncated_to']} text positions)")
     for answer, score in out["answers"]:
         print(f"  {answer:<20} {score:.4f}")
     if args.attention:
@@ -270,7 +275,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     dist = DistInfo.from_env(os.environ)
     out = args.out or f"runs/ablate-{args.arch or 'lxmert'}-{cfg.task}"
     result = ablate(cfg, out_dir=out, checkpoint=args.checkpoint, train_baselines=args.train_baselines, dist=dist,
-                    show_progress=not args.no_progress, pretrain_cfg=pretrain_cfg)
+                    show_progress=not args.no_progress, pretrain_cfg=pretrain_cfg, overwrite=args.overwrite)
     if dist.is_main:
         print(results_table(result))
         print(f"plot: {os.path.join(out, 'ablation.png')}  (results.json, results.csv, results.md beside it)")
@@ -284,6 +289,17 @@ def _cache_dir() -> str:
     from features.builtin import default_cache_dir
 
     return str(default_cache_dir(os.environ))
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag in its one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,9 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "Q.json,A.json; join several with +")
     p.add_argument("--features", default=None, help="feature store folder of the training images")
     p.add_argument("--out", default=None, help="run folder (default: train.out_dir of the config)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimiser steps")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="DIR",
                    help="resume from the newest checkpoint of the run folder, or from DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (never any other folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="dotted overrides: train.lr=5e-5 model.x_layers=3 objectives.qa=0")
     p.set_defaults(func=_cmd_pretrain)
@@ -337,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default=None, help="feature store of the training images")
     p.add_argument("--eval-features", default=None, help="feature store of the held-out images")
     p.add_argument("--out", default=None, help="run folder")
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-steps", type=_positive_int, default=None)
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (never any other folder)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="dotted overrides: train.lr=5e-5 train.epochs=3 model.x_layers=3")
     p.set_defaults(func=_cmd_finetune)
@@ -348,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split of the built-in data (default test)")
     p.add_argument("--data", default=None, help="examples to evaluate on (default: the run's held-out data)")
     p.add_argument("--features", default=None, help="feature store of their images")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--out", default=None, help="metrics file (default: <checkpoint>/eval-<split>.json)")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -356,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a fine-tuned VQA model folder")
     p.add_argument("--image", required=True, help="an image file (any photo)")
     p.add_argument("--question", required=True)
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=_positive_int, default=5)
     p.add_argument("--attention", default=None, metavar="OUT.png",
                    help="write the image with its boxes shaded by the [CLS] attention of the last layer")
     p.set_defaults(func=_cmd_predict)
@@ -379,16 +397,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default=None)
     p.add_argument("--eval-features", default=None)
     p.add_argument("--out", default=None, help="run folder (default runs/ablate-<arch>-<task>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs already in --out")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*",
                    help="dotted overrides of the fine-tuning config; pretrain.KEY=VALUE for the pretraining run")
     p.set_defaults(func=_cmd_ablate)
 
     p = sub.add_parser("demo", help="forward every preset on real easy-VQA questions and images (CPU, ~1 min)")
-    p.add_argument("--num-images", type=int, default=8, help="easy-VQA test images to use (default 8)")
+    p.add_argument("--num-images", type=_positive_int, default=8, help="easy-VQA test images to use (default 8)")
     p.add_argument("--out", default="runs/demo", help="folder for the demo's feature shards (default runs/demo)")
     p.set_defaults(func=_cmd_demo)
     return parser
+
+
+#: A dotted ``KEY=VALUE`` override: an identifier path, then ``=``.
+OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
+
+
+def split_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """``(argv without overrides, overrides)``: every ``KEY=VALUE`` after the subcommand that is not the value of an
+    option taking one, wherever it stands. So an optional-value flag (``--resume [DIR]``) never swallows an override,
+    and overrides may come before, between or after the options."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    i = next((n for n, tok in enumerate(argv) if not tok.startswith("-")), len(argv))
+    if sub is None or i == len(argv) or argv[i] not in sub.choices:
+        return argv, []
+    takes_value = {opt for action in sub.choices[argv[i]]._actions if action.nargs is None and action.option_strings
+                   for opt in action.option_strings}
+    rest, overrides, skip = argv[:i + 1], [], False
+    for tok in argv[i + 1:]:
+        if skip:
+            rest.append(tok)
+            skip = False
+        elif tok in takes_value:
+            rest.append(tok)
+            skip = True
+        elif OVERRIDE.match(tok):
+            overrides.append(tok)
+        else:
+            rest.append(tok)
+    return rest, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,7 +446,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         return PASSTHROUGH[argv[0]](argv[1:])
     parser = build_parser()
+    argv, overrides = split_overrides(parser, argv)
     args = parser.parse_args(argv)
+    if hasattr(args, "overrides"):
+        args.overrides = overrides + list(args.overrides)
+    elif overrides:
+        parser.error(f"vlm {args.command} takes no KEY=VALUE overrides, got {overrides[0]!r}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from vlm.config import ModelConfig, apply_dict
+from vlm.errors import WeightImportError
 from vlm.io import MINILM_ALIASES, load_state_dict, minilm_path
 from vlm.models.tasks import VLMModel, model_class
 
@@ -153,7 +154,7 @@ def map_state_dict(
     for target, parts in groups.items():
         if any(p is None for p in parts):
             have = [p[0] for p in parts if p is not None]
-            raise KeyError(f"incomplete query/key/value group for {target}: only {have} present")
+            raise WeightImportError(f"incomplete query/key/value group for {target}: only {have} present")
         out[target] = torch.cat([p[1] for p in parts], dim=0)
     return out, unmatched, tied
 
@@ -201,14 +202,17 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], arch: str) -> di
         idx = {int(m.group(1)) for k in sd if (m := re.match(re.escape(prefix) + r"\.(\d+)\.", k))}
         return max(idx) + 1 if idx else 0
 
-    try:
-        vocab, hidden = sd["embeddings.word_embeddings.weight"].shape
-    except KeyError:
-        raise KeyError("cannot infer a config: no 'embeddings.word_embeddings.weight' in the state dict") from None
+    def need(key: str) -> torch.Tensor:
+        if key not in sd:
+            raise WeightImportError(f"cannot infer a config: the state dict has no {key!r} (missing from the source "
+                                    f"weights; {len(sd)} keys given)")
+        return sd[key]
+
+    vocab, hidden = need("embeddings.word_embeddings.weight").shape
     out: dict[str, Any] = {"arch": arch, "vocab_size": vocab, "hidden_size": hidden,
                            "num_attention_heads": max(1, hidden // 64),
-                           "max_position_embeddings": sd["embeddings.position_embeddings.weight"].shape[0],
-                           "type_vocab_size": sd["embeddings.token_type_embeddings.weight"].shape[0]}
+                           "max_position_embeddings": need("embeddings.position_embeddings.weight").shape[0],
+                           "type_vocab_size": need("embeddings.token_type_embeddings.weight").shape[0]}
     inter = next((v.shape[0] for k, v in sd.items() if k.endswith("intermediate.dense.weight")), None)
     if inter is not None:
         out["intermediate_size"] = inter
@@ -216,8 +220,8 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], arch: str) -> di
         out["l_layers"] = count("encoder.layer")
         out["r_layers"] = count("encoder.r_layers")
         out["x_layers"] = count("encoder.x_layers")
-        out["visual_feat_dim"] = sd["encoder.visn_fc.visn_fc.weight"].shape[1]
-        out["visual_pos_dim"] = sd["encoder.visn_fc.box_fc.weight"].shape[1]
+        out["visual_feat_dim"] = need("encoder.visn_fc.visn_fc.weight").shape[1]
+        out["visual_pos_dim"] = need("encoder.visn_fc.box_fc.weight").shape[1]
         for name, field_name, flag in (("obj", "num_object_labels", "visual_obj_loss"),
                                        ("attr", "num_attr_labels", "visual_attr_loss"),
                                        ("feat", None, "visual_feat_loss")):
@@ -302,7 +306,7 @@ def from_transformers(
         msg = (f"weight import ({arch}, task {task!r}): unmatched source keys: {unmatched or 'none'}; "
                f"vlm weights with no source: {hard_missing or 'none'}")
         if strict:
-            raise KeyError(msg)
+            raise WeightImportError(msg)
         logger.warning(msg)
     if missing:
         logger.info("newly initialised (absent from the source): %s", ", ".join(missing))

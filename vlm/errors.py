@@ -16,3 +16,11 @@ class DataError(VLMError, ValueError):
 
 class CheckpointError(VLMError):
     """A checkpoint or run folder cannot be read or resumed; the message names the path."""
+
+
+class WeightImportError(CheckpointError, KeyError):
+    """Weights to import lack a key or have keys vlm cannot place; the message names them. A ``KeyError`` too, for
+    callers that catch the lookup failure."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -78,6 +78,28 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
     fsync_dir(final_dir.parent)
 
 
+@contextlib.contextmanager
+def published_dir(final_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write a folder whole: yields a hidden sibling to fill; on success it replaces ``final_dir`` (an old one is
+    renamed aside first, then deleted), so a kill at any moment leaves the old folder or the new one, never a
+    half-written one. On an error the partial folder is removed and ``final_dir`` is untouched."""
+    final = Path(final_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    remove_dir(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        remove_dir(tmp)
+        raise
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    publish_dir(tmp, final)
+    remove_dir(old)
+
+
 def remove_dir(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 

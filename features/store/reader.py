@@ -106,7 +106,10 @@ class FeatureStore(Mapping[str, dict[str, Any]]):
         return fd
 
     def __getitem__(self, image_id: str) -> dict[str, Any]:
-        entry = self._index.find(image_id) if isinstance(image_id, str) else None
+        if not isinstance(image_id, str):
+            there = f"; {str(image_id)!r} is in the store" if str(image_id) in self else f"; {str(image_id)!r} is not"
+            raise KeyError(f"image ids are strings, got the {type(image_id).__name__} {image_id!r}{there}")
+        entry = self._index.find(image_id)
         if entry is None:
             raise KeyError(image_id)
         shard, offset, size = int(entry["shard"]), int(entry["offset"]), int(entry["size"])

@@ -21,8 +21,8 @@ from typing import Any
 from vlm.errors import DataError
 from vlm.io import jsonl_rows, read_json, write_text
 
-__all__ = ["HATEFUL_MEMES_CLASSES", "ClassList", "ClassificationExample", "jsonl_classes", "read_hateful_memes",
-           "read_jsonl"]
+__all__ = ["HATEFUL_MEMES_CLASSES", "ClassList", "ClassificationExample", "check_training_labels", "jsonl_classes",
+           "read_hateful_memes", "read_jsonl"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,21 @@ def jsonl_classes(path: PathLike) -> ClassList:
     """The class list :func:`read_jsonl` infers from a file's labels (numeric order when every label is an integer,
     alphabetical otherwise): what a training file defines, and a held-out file must be read with."""
     return _infer_classes([(where, row, None) for where, row in jsonl_rows(path)], path)  # type: ignore[misc]
+
+
+def check_training_labels(examples: Sequence[ClassificationExample], classes: ClassList, what: str) -> None:
+    """Warn, naming the data, when training labels cannot teach what the user likely expects: a single class present
+    (the classifier learns a constant), or integer labels whose class ids differ from their values (label ``2`` is
+    class id 1 when the labels are 1 and 2; predictions and ``classes.json`` use the ids)."""
+    present = sorted({e.label for e in examples if e.label is not None})
+    if len(present) < 2:
+        names = [classes.names[i] for i in present]
+        logger.warning("%s: the training data has a single class (%s) of the %d classes %s: the classifier can only "
+                       "learn to predict it", what, names[0] if names else "none", len(classes), classes.names)
+    moved = [f"{n}→{i}" for i, n in enumerate(classes.names) if n.lstrip("-").isdigit() and int(n) != i]
+    if moved:
+        logger.warning("%s: integer labels map to other class ids than their values (%s); predictions and "
+                       "classes.json use the ids", what, ", ".join(moved))
 
 
 def read_jsonl(path: PathLike, classes: ClassList | Sequence[Any] | None = None) -> list[ClassificationExample]:

@@ -18,11 +18,26 @@ from vlm.errors import DataError
 logger = logging.getLogger(__name__)
 
 
+def truncate(ids: list[int], max_len: int) -> list[int]:
+    """A tokenised text cut to ``max_len`` tokens keeping its closing ``[SEP]``: what a BERT tokenizer's
+    ``truncation=True, max_length=max_len`` gives for one sequence."""
+    return ids if len(ids) <= max_len else ids[:max_len - 1] + ids[-1:]
+
+
 class TokenTable:
-    """Many texts tokenised in one call and kept as one flat int64 array + offsets (no per-text Python objects)."""
+    """Many texts tokenised in one call and kept as one flat int64 array + offsets (no per-text Python objects).
+
+    Texts longer than ``max_len`` tokens (``[CLS]``/``[SEP]`` included) are truncated to it and counted
+    (``truncated``), never cut without a word: the datasets log the count and put it in their report.
+    """
 
     def __init__(self, texts: list[str], tokenizer: Any, max_len: int) -> None:
-        enc = tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+        if max_len < 3:
+            raise DataError(f"max_text_len={max_len}: a text needs at least 3 tokens ([CLS], a word, [SEP])")
+        full = tokenizer(texts)["input_ids"]
+        self.max_len = max_len
+        self.truncated = sum(len(x) > max_len for x in full)
+        enc = [truncate(x, max_len) for x in full] if self.truncated else full
         self.lengths = np.fromiter((len(x) for x in enc), dtype=np.int64, count=len(enc))
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
         self.tokens = np.fromiter((t for x in enc for t in x), dtype=np.int64, count=int(self.lengths.sum()))
@@ -52,6 +67,15 @@ class JoinReport:
     missing_image: int = 0  # texts skipped: image not in the store
     missing_examples: list[str] = field(default_factory=list)  # first few missing image ids
     images: int = 0  # distinct images used
+    truncated: int = 0  # kept texts longer than max_text_len tokens, truncated to it
+    max_text_len: int = 0  # the token limit the texts were cut to
+
+    def count_truncated(self, table: TokenTable, name: str) -> None:
+        """Record (and log, when any) how many of the kept texts ``table`` truncated."""
+        self.truncated, self.max_text_len = table.truncated, table.max_len
+        if table.truncated:
+            logger.warning("%s: %d of %d texts are longer than max_text_len=%d tokens and were truncated to it "
+                           "(data.max_text_len raises the limit)", name, table.truncated, len(table), table.max_len)
 
     def line(self, name: str) -> str:
         text = f"{name}: {self.kept} of {self.texts} texts over {self.images} images"

@@ -23,9 +23,25 @@ logger = logging.getLogger(__name__)
 BUILTIN_TASK_DATA = {"vqa": "easy-vqa", "classify": "easy-vqa-statements"}
 
 
+def nonempty(examples: list, spec: str) -> list:
+    """``examples``, or a :class:`DataError` naming the data when there are none (an empty file is named as such,
+    not blamed on the feature store later)."""
+    if not examples:
+        raise DataError(f"{spec}: no examples in the data (an empty file or list)")
+    return examples
+
+
 def read_vqa(spec: str, split: str) -> list[VQAExample]:
     """``easy-vqa`` (built in), ``QUESTIONS.json,ANNOTATIONS.json`` (official VQA v2), ``QUESTIONS.json`` (VQA v2
-    without answers) or an LXMERT-preprocessed ``.json`` list. ``split`` picks the split of built-in data."""
+    without answers) or an LXMERT-preprocessed ``.json`` list. ``split`` picks the split of built-in data.
+
+    Raises:
+        DataError: an unknown layout, a malformed row (named), or no examples at all.
+    """
+    return nonempty(_read_vqa(spec, split), spec)
+
+
+def _read_vqa(spec: str, split: str) -> list[VQAExample]:
     if spec == "easy-vqa":
         return read_easy_vqa(split)
     if "," in spec:
@@ -60,6 +76,6 @@ def read_classification(spec: str, split: str, classes: ClassList | None = None
     path = Path(spec)
     if _is_hateful_memes(path):
         classes = classes or HATEFUL_MEMES_CLASSES
-        return read_hateful_memes(path, classes), classes
+        return nonempty(read_hateful_memes(path, classes), spec), classes
     classes = classes or jsonl_classes(path)
-    return read_jsonl(path, classes), classes
+    return nonempty(read_jsonl(path, classes), spec), classes

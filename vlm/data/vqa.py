@@ -410,11 +410,13 @@ def _label(row: dict, where: str) -> dict[str, float] | None:
     if "label" not in row:
         return None
     label = row["label"]
-    bad = not isinstance(label, dict) or any(
-        not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-        or v < 0 for k, v in label.items())
-    if bad:
-        raise DataError(f"{where}: field 'label': expected an object of answer → non-negative score, got {label!r}")
+    if not isinstance(label, dict):
+        raise DataError(f"{where}: field 'label': expected an object of answer → score in [0, 1], got {label!r}")
+    for k, v in label.items():
+        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or not 0 <= v <= 1:
+            raise DataError(f"{where}: field 'label': the score of answer {k!r} is {v!r}; a soft score is a number "
+                            "in [0, 1]")
     return {k: float(v) for k, v in label.items()}
 
 

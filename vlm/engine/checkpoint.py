@@ -120,10 +120,49 @@ class CheckpointManager:
             remove_dir(trash)
 
     def _clean_leftovers(self) -> None:
-        """Remove folders left by a kill during a save or a prune (never a complete checkpoint)."""
+        """Remove what a kill during a save or a prune left (never a complete checkpoint)."""
         for p in self.dir.iterdir():
             if p.name.startswith((".step-", ".trash-")):
                 remove_dir(p)
+            elif p.name.startswith(".latest.txt.tmp-"):  # atomic_write's temporary of latest.txt
+                p.unlink(missing_ok=True)
+
+
+#: The file that makes a folder a run folder: the merged run config, written when training starts.
+RUN_MARK = "config.yaml"
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a run (its ``config.yaml``); an empty or unrelated folder does not."""
+    return (Path(path) / RUN_MARK).is_file()
+
+
+def prepare_run_dir(run_dir: str | Path, *, resume: str | bool | None, overwrite: bool, is_main: bool = True) -> None:
+    """The run-folder rule, applied before any work so that a refused command changes nothing:
+
+    * ``--out`` may be a new folder, an empty one, or a folder that is not a run;
+    * a folder that holds a run (``config.yaml``) is refused unless ``resume`` (continue it) or ``overwrite``
+      (delete it first: only a folder recognised as a run is ever deleted);
+    * ``--out`` naming a file is refused.
+
+    Raises:
+        CheckpointError: one line naming the folder and the flags that would proceed.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"--out {run_dir}: is a file, not a run folder")
+    if resume not in (None, False, "") and overwrite:
+        raise CheckpointError(f"--resume and --overwrite contradict each other ({run_dir})")
+    if not is_run_dir(run_dir) or resume not in (None, False, ""):
+        return
+    if not overwrite:
+        raise CheckpointError(f"--out {run_dir} holds a run already ({RUN_MARK}, metrics.jsonl, checkpoints/): pass "
+                              "--resume to continue it or --overwrite to replace it")
+    if is_main:
+        trash = run_dir.parent / f".{run_dir.name}.trash-{os.getpid()}"
+        os.replace(run_dir, trash)
+        remove_dir(trash)
+        logger.warning("--overwrite: removed the run in %s", run_dir)
 
 
 def resolve_resume(run_dir: str | Path, resume: str | bool | None) -> Path | None:
@@ -160,14 +199,31 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
 
 
 def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
-    """Load ``ckpt/model.safetensors`` into ``model`` (strict: the run's own model)."""
+    """Load ``ckpt/model.safetensors`` into ``model`` (strict: the run's own model).
+
+    Raises:
+        CheckpointError: one line when the checkpoint holds another architecture or task than ``model``, or weights
+            that do not fit it.
+    """
+    import json
+
     from safetensors.torch import load_model
 
+    saved = json.loads((ckpt / "config.json").read_text()) if (ckpt / "config.json").is_file() else {}
+    mine = getattr(model, "config", None)
+    theirs = (saved.get("model") or {}).get("arch")
+    if mine is not None and theirs and theirs != mine.arch:
+        raise CheckpointError(f"{ckpt}: this run is {theirs} ({saved.get('task')}); the command builds a {mine.arch} "
+                              "model: resume with the run's own --arch/--config")
+    if mine is not None and saved.get("task") and saved["task"] != getattr(model, "task", saved["task"]):
+        raise CheckpointError(f"{ckpt}: this run trains a {saved['task']} model; the command builds a "
+                              f"{model.task} model: resume with the run's own --task/--config")
     path = ckpt / "model.safetensors"
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable weights ({str(e).splitlines()[0]})") from None
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match this run's model; missing {sorted(missing)}, "
-                              f"unexpected {sorted(unexpected)}")
+        raise CheckpointError(f"{path}: weights do not match this run's model ({len(missing)} missing, e.g. "
+                              f"{sorted(missing)[:3]}; {len(unexpected)} unexpected, e.g. {sorted(unexpected)[:3]}): "
+                              "resume with the run's own config")

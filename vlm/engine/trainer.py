@@ -27,11 +27,12 @@ from torch import nn
 from vlm.batch import Batch
 from vlm.config import TrainConfig
 from vlm.engine import distributed as D
-from vlm.engine.checkpoint import (CheckpointManager, load_trainer_state, load_weights, resolve_resume, rng_state,
-                                   set_rng_state)
+from vlm.engine.checkpoint import (RUN_MARK, CheckpointManager, load_trainer_state, load_weights, resolve_resume,
+                                   rng_state, set_rng_state)
 from vlm.engine.loader import BatchSource, EpochPlan, StepBatches
 from vlm.engine.metrics import MetricsLogger, RunningMean, progress
 from vlm.errors import CheckpointError, VLMError
+from vlm.io import write_text
 from vlm.precision import autocast, autocast_dtype
 
 logger = logging.getLogger(__name__)
@@ -191,14 +192,12 @@ class Trainer:
 
     def train(self, resume: str | bool | None = None) -> dict[str, Any]:
         """Run to ``total_steps`` (resuming first when asked); returns a summary with the eval history."""
+        torch.manual_seed(self.cfg.seed + self.dist.rank)  # dropout; batches draw from (seed, epoch, index)
+        resumed_from = self._resume(resume)  # a refused resume leaves the run folder as it was
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.run_config_yaml:
-                from vlm.io import write_text
-
-                write_text(self.run_dir / "config.yaml", self.run_config_yaml)
-        torch.manual_seed(self.cfg.seed + self.dist.rank)  # dropout; batches draw from (seed, epoch, index)
-        resumed_from = self._resume(resume)
+                write_text(self.run_dir / RUN_MARK, self.run_config_yaml)
         batches = StepBatches(self.source, self.plan, self.cfg.grad_accum, self.cfg.num_workers, self.epoch,
                               self.position)
         self.epoch, self.position = batches.epoch, batches.position
