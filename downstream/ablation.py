@@ -35,11 +35,12 @@ from vlm.data.easy_vqa import is_builtin
 from vlm.data.readers import read_classification, read_vqa
 from vlm.data.vqa import normalize_answer
 from vlm.engine import distributed as D
-from vlm.io import atomic_write, write_text
+from vlm.errors import DataError
+from vlm.io import atomic_write, read_json, write_text
 from downstream.classification import classification_metrics
 from downstream.data import ClassifyData, VQAData
 from downstream.evaluate import evaluate, vqa_metrics
-from downstream.finetune import FinetuneConfig, finetune, init_arch, load_eval_data, load_finetune_config
+from downstream.finetune import TASKS, FinetuneConfig, finetune, init_arch, load_eval_data, load_finetune_config
 from downstream.modality import image_only, text_only
 from pretraining.run import PretrainConfig, load_pretrain_config, pretrain
 
@@ -122,6 +123,26 @@ def _row(condition: str, kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return {"condition": condition, "kind": kind, "overall": overall, "per_type": dict(types), "n": metrics.get("n")}
 
 
+def check_checkpoint(checkpoint: str | Path, arch: str | None, task: str) -> None:
+    """The model to ablate must be what the command says: ``--arch`` (when given) and a fine-tuned model of the task
+    (``--task classify`` needs a classifier; ``vlm finetune --task classify --init`` makes one from a VQA model).
+
+    Raises:
+        DataError: one line naming the checkpoint, what it is and what the command asked for.
+    """
+    path = Path(checkpoint) / "config.json"
+    if not path.is_file():
+        raise DataError(f"--checkpoint {checkpoint}: not a model folder (no config.json)")
+    saved = read_json(path)
+    found_arch, found_task = (saved.get("model") or {}).get("arch"), saved.get("task")
+    if arch and found_arch != arch:
+        raise DataError(f"--arch {arch}: the checkpoint {checkpoint} is a {found_arch} model")
+    wanted = TASKS[task]
+    if found_task != wanted:
+        raise DataError(f"--task {task}: the checkpoint {checkpoint} is a {found_task} model; the model to ablate must "
+                        f"already be a {wanted} model (vlm finetune --task {task} --init {checkpoint} makes one)")
+
+
 def ablation_configs(*, arch: str | None = None, task: str | None = None, config: str | None = None,
                      checkpoint: str | None = None, init: str | None = None, no_pretrain: bool = False,
                      pretrain_config: str | None = None, data: str | None = None, eval_data: str | None = None,
@@ -148,6 +169,8 @@ def ablation_configs(*, arch: str | None = None, task: str | None = None, config
             ft_overrides.append(f"{key}={flag}")
     cfg = load_finetune_config(config, task, arch if checkpoint is None else None, ft_overrides)
     cfg.data.cache_dir = cfg.data.cache_dir or cache_dir
+    if checkpoint is not None:
+        check_checkpoint(checkpoint, arch, cfg.task)
     if checkpoint is not None or init is not None or no_pretrain or (Path(cfg.init) / "config.json").is_file():
         return cfg, None
     if not is_builtin(cfg.train_spec()):
@@ -197,7 +220,8 @@ def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path |
     D.barrier()
     model, data, spec, run_cfg = load_eval_data(checkpoint, data=cfg.data.eval or None,
                                                 features=cfg.data.eval_features or None, cache_dir=cache,
-                                                limit=cfg.data.eval_limit or None)
+                                                limit=cfg.data.eval_limit or None,
+                                                allow_feature_mismatch=cfg.data.allow_feature_mismatch)
     device = D.resolve_device(cfg.train.device, dist)
     model.to(device)
     rows = []

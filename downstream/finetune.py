@@ -21,7 +21,7 @@ import torch
 
 import vlm
 from features.builtin import resolve_stores
-from features.store import FeatureStore
+from features.store import FeatureStore, extraction_record, record_differences
 from vlm.config import (ConfigError, DataConfig, TrainConfig, apply_dict, choice, load_run_config, model_config,
                         run_config_yaml)
 from vlm.data.classification import ClassList, check_training_labels
@@ -32,7 +32,7 @@ from vlm.engine import distributed as D
 from vlm.engine.trainer import Trainer
 from vlm.errors import DataError
 from vlm.engine.checkpoint import prepare_run_dir
-from vlm.io import published_dir, write_text
+from vlm.io import published_dir, read_json, write_text
 from vlm.models.tasks import model_class
 from downstream.data import ClassifyData, VQAData
 from downstream.evaluate import evaluate
@@ -82,6 +82,7 @@ def load_finetune_config(config: str | None = None, task: str | None = None, arc
     """Preset ``configs/finetune/<name>.yaml`` (default ``<arch>-<task>``) or a YAML file, then dotted overrides."""
     name = config or f"{arch or 'lxmert'}-{task or 'vqa'}"
     cfg = load_run_config(FinetuneConfig, "finetune", name, overrides or [])
+    cfg.init = resolve_init(cfg.init)
     if task and cfg.task != task:
         raise ConfigError(f"--task {task}: the config {name} is for task {cfg.task!r}")
     if arch:
@@ -89,6 +90,16 @@ def load_finetune_config(config: str | None = None, task: str | None = None, arc
         if found != arch:
             raise ConfigError(f"--arch {arch}: the model to fine-tune ({cfg.init}) is {found!r}")
     return cfg
+
+
+def resolve_init(init: str) -> str:
+    """A model to start from: a preset name or a model folder as given; a run folder (``config.yaml`` and ``model/``
+    but no ``config.json``) is taken as its ``model/`` folder, with a note."""
+    path = Path(init)
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        logger.warning("--init %s is a run folder: starting from its model, %s", init, path / "model")
+        return str(path / "model")
+    return init
 
 
 def init_arch(init: str) -> str:
@@ -127,9 +138,33 @@ def build_model(init: str, task: str, overrides: dict[str, Any], answers: Answer
 
 
 def features_info(store: Any) -> dict[str, Any]:
-    """How a store's features were made (backend, extractor settings, width, regions): ``features.json`` of a model."""
-    m = getattr(store, "manifest", {}) or {}
-    return {k: m.get(k) for k in ("backend", "extractor", "settings", "feature_dim", "num_regions") if k in m}
+    """How a store's features were made (backend, settings, width, regions, weights): ``features.json`` of a model."""
+    return extraction_record(getattr(store, "manifest", {}) or {})
+
+
+def check_features(folder: str | Path, store: Any, *, allow: bool = False, flag: str = "--allow-feature-mismatch"
+                   ) -> None:
+    """Refuse features made another way than the model in ``folder`` was trained on (one line naming the differing
+    settings); ``allow`` turns the refusal into a warning. A folder without a record (older checkpoints) is warned
+    about, not refused.
+
+    Raises:
+        DataError: the store's extraction differs from the model folder's ``features.json``.
+    """
+    path = Path(folder) / "features.json"
+    where = getattr(store, "directory", store)
+    if not path.is_file():
+        logger.warning("%s has no features.json (an older checkpoint): cannot check that the features in %s are "
+                       "made the way it was trained on", folder, where)
+        return
+    diffs = record_differences(read_json(path), features_info(store))
+    if not diffs:
+        return
+    message = (f"the features in {where} are made another way than {folder} was trained on: {'; '.join(diffs)} "
+               f"(model vs store)")
+    if not allow:
+        raise DataError(f"{message}; extract them with the model's settings ({path}) or pass {flag}")
+    logger.warning("%s (%s given)", message, flag)
 
 
 class FinetuneRun:
@@ -179,6 +214,9 @@ class FinetuneRun:
                 self.eval_data = ClassifyData(ev[:d.eval_limit or None], eval_store, tok, num_labels, d.max_text_len,
                                               name="eval")
             overrides["num_labels"] = num_labels
+        if (Path(cfg.init) / "config.json").is_file():  # a checkpoint: its features must be made the same way
+            check_features(cfg.init, self.train_store, allow=d.allow_feature_mismatch,
+                           flag="--allow-feature-mismatch (data.allow_feature_mismatch=true)")
         self.model = build_model(cfg.init, TASKS[cfg.task], overrides, self.vocab)  # from the run's seed
         self.transform = transform_for(cfg.modality)
         source = self.train_data if self.transform is None else TransformedSource(self.train_data, self.transform)
@@ -281,12 +319,13 @@ def read_run_config(folder: Path) -> FinetuneConfig | None:
 
 
 def load_eval_data(checkpoint: str | Path, *, split: str = "test", data: str | None = None,
-                   features: str | None = None, cache_dir: str = "",
-                   limit: int | None = None) -> tuple[vlm.VLMModel, Any, str, FinetuneConfig | None]:
+                   features: str | None = None, cache_dir: str = "", limit: int | None = None,
+                   allow_feature_mismatch: bool = False) -> tuple[vlm.VLMModel, Any, str, FinetuneConfig | None]:
     """A fine-tuned model folder and the examples to evaluate it on: ``(model, dataset, data spec, run config)``.
 
     Without ``data`` it uses the held-out data of the run the folder belongs to (``../config.yaml``), or the built-in
-    data of its task. The answer table and the class list come from the model folder, never from the data.
+    data of its task. The answer table and the class list come from the model folder, never from the data; features
+    made another way than the model's (``features.json``) are refused unless ``allow_feature_mismatch``.
     """
     folder = Path(checkpoint)
     model = vlm.from_pretrained(folder)
@@ -301,6 +340,7 @@ def load_eval_data(checkpoint: str | Path, *, split: str = "test", data: str | N
                                   cache_dir=cache_dir, backend=run_cfg.data.backend if run_cfg else "auto",
                                   eval_split=split, need_train=False, what=spec)
     store = FeatureStore(store_dir)
+    check_features(folder, store, allow=allow_feature_mismatch)
     tok = vlm.load_tokenizer()
     max_len = run_cfg.data.max_text_len if run_cfg else 40
     if limit is None and run_cfg and not data:  # the run's own held-out set
@@ -318,12 +358,13 @@ def load_eval_data(checkpoint: str | Path, *, split: str = "test", data: str | N
 
 def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", data: str | None = None,
                         features: str | None = None, cache_dir: str = "", batch_size: int = 128,
-                        out: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
+                        out: str | Path | None = None, device: str = "auto",
+                        allow_feature_mismatch: bool = False) -> dict[str, Any]:
     """Evaluate a fine-tuned model folder (``vlm evaluate``); returns ``{"metrics", "path", "data", "split"}`` and
     writes the metrics (``<checkpoint>/eval-<split>.json`` by default) and the predictions beside them."""
     folder = Path(checkpoint)
     model, dataset, spec, run_cfg = load_eval_data(folder, split=split, data=data, features=features,
-                                                   cache_dir=cache_dir)
+                                                   cache_dir=cache_dir, allow_feature_mismatch=allow_feature_mismatch)
     transform = transform_for(run_cfg.modality if run_cfg else "fused")
     dev = D.resolve_device(device, D.DistInfo())
     model.to(dev)

@@ -99,6 +99,9 @@ def predict(checkpoint: str | Path, image: str | Path, question: str, top_k: int
     if not question.strip():
         raise DataError("--question is empty")
     answers = AnswerVocab.load(folder / "answers.json").answers
+    if len(answers) != model.config.num_answers:
+        raise DataError(f"{folder / 'answers.json'}: {len(answers)} answers for an answer head of "
+                        f"{model.config.num_answers}; the answer table does not belong to these weights")
     info_path = folder / "features.json"
     if not info_path.is_file():
         raise DataError(f"{folder}: no features.json (the extractor settings); re-run vlm finetune")

@@ -8,8 +8,9 @@ Text sources (each yields :class:`TextExample`):
 * ``easy-vqa-captions`` (built in): captions of the same images, the stand-in for the COCO/Visual Genome captions
   LXMERT pretrains on. easy-VQA has no captions, but each image's colour and shape are told by its own answers
   (:func:`vlm.data.easy_vqa.read_image_attributes`), so every image gets
-  :data:`vlm.data.easy_vqa.CAPTION_TEMPLATES` ("a red circle", ...). Questions alone teach little grounding: "is there a red shape?" names a colour the image mostly does
-  not have, so neither masked words nor image-text matching can be learnt from it; a caption's masked colour word can
+  :data:`vlm.data.easy_vqa.CAPTION_TEMPLATES` ("a red circle", ...). Questions alone teach little grounding: "is
+  there a red shape?" names a colour the image mostly does not have, so neither masked words nor image-text matching
+  can be learnt from it; a caption's masked colour word can
   only be recovered from the image, and a mismatched caption is really false;
 * VQA v2: the official questions json (``{"questions": [{image_id, question, question_id}]}``) with its annotations
   json (``{"annotations": [{question_id, answers: [{answer}], ...}]}``);

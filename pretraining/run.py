@@ -18,7 +18,7 @@ import torch
 
 import vlm
 from features.builtin import resolve_stores
-from features.store import FeatureStore
+from features.store import FeatureStore, extraction_record
 from vlm.config import (ConfigError, DataConfig, ModelConfig, TrainConfig, load_run_config, model_config, ranged,
                         run_config_yaml)
 from vlm.data.easy_vqa import is_builtin
@@ -185,7 +185,8 @@ class PretrainRun:
         cfg, dist, run_dir = self.cfg, self.dist, self.run_dir
         result = self.trainer.train(resume=resume)
         mc = self.model.config
-        summary = {"arch": mc.arch, "preset": cfg.preset, "run_dir": str(run_dir), "objectives": sorted(self.objectives),
+        summary = {"arch": mc.arch, "preset": cfg.preset, "run_dir": str(run_dir),
+                   "objectives": sorted(self.objectives),
                    "train": dataclasses.asdict(self.train_data.report),
                    "eval_data": dataclasses.asdict(self.eval_data.report) if self.eval_data else None,
                    "answers": self.answers.answers if self.answers else [], "world_size": dist.world_size, **result}
@@ -195,6 +196,8 @@ class PretrainRun:
                 self.model.save_pretrained(tmp)
                 if self.answers is not None:
                     self.answers.save(tmp / "answers.json")
+                write_text(tmp / "features.json", json.dumps(extraction_record(self.train_data.store.manifest or {}),
+                                                            indent=2, default=str) + "\n")
             summary["model"] = str(final)
             write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
         return summary

@@ -288,3 +288,93 @@ def test_weight_import_names_a_missing_key():
     sd.pop("embeddings.token_type_embeddings.weight")
     with pytest.raises(WeightImportError, match="has no 'embeddings.token_type_embeddings.weight'"):
         vlm.from_transformers(sd, visual_feat_dim=8)
+
+
+# ------------------------------------------------------------------------------------------------- checkpoint vs command
+
+
+@pytest.fixture(scope="module")
+def vqa_run(tmp_path_factory, easy_vqa_stores):
+    out = tmp_path_factory.mktemp("vqa") / "run"
+    assert _finetune(easy_vqa_stores, out) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_store(tmp_path_factory) -> str:
+    """Patches of the same width (3 x 16 x 16) made another way: 32 px images instead of 64."""
+    from features.extract import extract
+
+    out = tmp_path_factory.mktemp("other") / "store"
+    extract("easy-vqa:test", out, "patches", {"image_size": 32}, limit=8, part=(0, 1), device="cpu", progress=False,
+            num_workers=0)
+    return str(out)
+
+
+def test_features_made_another_way_are_refused_naming_the_settings(vqa_run, other_store, tmp_path, capsys, caplog):
+    model = vqa_run / "model"
+    assert main(["evaluate", "--checkpoint", str(model), "--data", "easy-vqa", "--features", other_store,
+                 "--out", str(tmp_path / "e.json")]) == 2
+    err = _err(capsys)
+    assert "made another way" in err and "settings.image_size: 64 vs 32" in err and "--allow-feature-mismatch" in err
+    assert not (tmp_path / "e.json").exists()
+    with caplog.at_level(logging.WARNING):
+        assert main(["evaluate", "--checkpoint", str(model), "--data", "easy-vqa", "--features", other_store,
+                     "--out", str(tmp_path / "e.json"), "--allow-feature-mismatch"]) == 0
+    assert "settings.image_size: 64 vs 32" in caplog.text
+    # fine-tuning from the checkpoint on such features: refused the same way
+    assert main(["finetune", "--task", "vqa", "--init", str(model), "--data", "easy-vqa", "--features", other_store,
+                 "--out", str(tmp_path / "ft"), *FAST]) == 2
+    assert "settings.image_size: 64 vs 32" in _err(capsys)
+
+
+def test_pretraining_checkpoints_record_their_features(tmp_path, easy_vqa_stores):
+    out = tmp_path / "pre"
+    assert main(["pretrain", "--arch", "lxmert", "--data", "easy-vqa", "--features", easy_vqa_stores[0],
+                 "--out", str(out), *FAST]) == 0
+    record = json.loads((out / "model" / "features.json").read_text())
+    assert record["backend"] == "patches" and record["settings"]["image_size"] == 64
+
+
+def test_an_older_checkpoint_without_a_record_is_warned_not_refused(vqa_run, tmp_path, easy_vqa_stores, caplog):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(vqa_run / "model", old)
+    (old / "features.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert main(["evaluate", "--checkpoint", str(old), "--data", "easy-vqa", "--features", easy_vqa_stores[1],
+                     "--out", str(tmp_path / "e.json")]) == 0
+    assert "has no features.json (an older checkpoint)" in caplog.text
+
+
+def test_ablate_names_a_checkpoint_that_disagrees(vqa_run, tmp_path, capsys):
+    model = str(vqa_run / "model")
+    assert main(["ablate", "--arch", "vilbert", "--checkpoint", model, "--out", str(tmp_path / "a")]) == 2
+    assert f"--arch vilbert: the checkpoint {model} is a lxmert model" in _err(capsys)
+    assert main(["ablate", "--task", "classify", "--checkpoint", model, "--out", str(tmp_path / "a")]) == 2
+    err = _err(capsys)
+    assert "is a vqa model; the model to ablate must already be a classification model" in err
+    assert "vlm finetune --task classify --init" in err and not (tmp_path / "a").exists()
+
+
+def test_init_accepts_a_run_folder(vqa_run, tmp_path, easy_vqa_stores, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert main(["finetune", "--task", "vqa", "--init", str(vqa_run), "--data", "easy-vqa", "--features",
+                     easy_vqa_stores[0], "--out", str(tmp_path / "ft"), *FAST]) == 0
+    assert "is a run folder: starting from its model" in caplog.text
+
+
+def test_predict_names_an_answer_file_that_does_not_fit_the_head(vqa_run, tmp_path, capsys):
+    import shutil
+
+    import easy_vqa
+
+    model = tmp_path / "model"
+    shutil.copytree(vqa_run / "model", model)
+    answers = json.loads((model / "answers.json").read_text())
+    answers["answers"] = answers["answers"][:-1]
+    (model / "answers.json").write_text(json.dumps(answers))
+    assert main(["predict", "--checkpoint", str(model), "--image", easy_vqa.get_test_image_paths()[0],
+                 "--question", "what shape?"]) == 2
+    assert "answers for an answer head of" in _err(capsys)

@@ -209,6 +209,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
                       (args.max_steps, "train.max_steps")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
+    if args.allow_feature_mismatch:
+        overrides.append("data.allow_feature_mismatch=true")
     cfg = load_finetune_config(args.config, args.task, args.arch, overrides)
     cfg.data.cache_dir = cfg.data.cache_dir or _cache_dir()
     dist = DistInfo.from_env(os.environ)
@@ -241,7 +243,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from downstream.finetune import evaluate_checkpoint
 
     out = evaluate_checkpoint(args.checkpoint, split=args.split, data=args.data, features=args.features,
-                              cache_dir=_cache_dir(), batch_size=args.batch_size, out=args.out)
+                              cache_dir=_cache_dir(), batch_size=args.batch_size, out=args.out,
+                              allow_feature_mismatch=args.allow_feature_mismatch)
     print(format_metrics(out["metrics"], f"evaluated {args.checkpoint} on {out['data']} ({out['split']}); "
                          f"metrics: {out['path']}"))
     return 0
@@ -265,15 +268,17 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     import os
 
     from downstream.ablation import ablate, ablation_configs, results_table
+    from downstream.finetune import init_arch
     from vlm.engine.distributed import DistInfo
 
     cfg, pretrain_cfg = ablation_configs(
         arch=args.arch, task=args.task, config=args.config, checkpoint=args.checkpoint, init=args.init,
         no_pretrain=args.no_pretrain, pretrain_config=args.pretrain_config, data=args.data, eval_data=args.eval_data,
         features=args.features, eval_features=args.eval_features, cache_dir=str(_cache_dir()),
-        overrides=args.overrides)
+        overrides=args.overrides + (["data.allow_feature_mismatch=true"] if args.allow_feature_mismatch else []))
     dist = DistInfo.from_env(os.environ)
-    out = args.out or f"runs/ablate-{args.arch or 'lxmert'}-{cfg.task}"
+    arch = args.arch or (init_arch(args.checkpoint) if args.checkpoint else init_arch(cfg.init))
+    out = args.out or f"runs/ablate-{arch}-{cfg.task}"
     result = ablate(cfg, out_dir=out, checkpoint=args.checkpoint, train_baselines=args.train_baselines, dist=dist,
                     show_progress=not args.no_progress, pretrain_cfg=pretrain_cfg, overwrite=args.overwrite)
     if dist.is_main:
@@ -355,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-features", default=None, help="feature store of the held-out images")
     p.add_argument("--out", default=None, help="run folder")
     p.add_argument("--max-steps", type=_positive_int, default=None)
+    p.add_argument("--allow-feature-mismatch", action="store_true",
+                   help="use a checkpoint whose features were made another way (a warning instead of a refusal)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="DIR")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (never any other folder)")
     p.add_argument("--no-progress", action="store_true")
@@ -368,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default=None, help="feature store of their images")
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--out", default=None, help="metrics file (default: <checkpoint>/eval-<split>.json)")
+    p.add_argument("--allow-feature-mismatch", action="store_true",
+                   help="evaluate features made another way than the checkpoint's (a warning instead of a refusal)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="answer a question about any image with a fine-tuned VQA model")
@@ -398,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-features", default=None)
     p.add_argument("--out", default=None, help="run folder (default runs/ablate-<arch>-<task>)")
     p.add_argument("--overwrite", action="store_true", help="replace the runs already in --out")
+    p.add_argument("--allow-feature-mismatch", action="store_true",
+                   help="use a checkpoint whose features were made another way (a warning instead of a refusal)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*",
                    help="dotted overrides of the fine-tuning config; pretrain.KEY=VALUE for the pretraining run")

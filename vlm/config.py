@@ -167,7 +167,8 @@ class TrainConfig:
     batch_size: int = ranged(64, ge=1)  # samples per optimiser step on one process (before accumulation)
     grad_accum: int = ranged(1, ge=1)  # micro-batches accumulated per optimiser step
     max_grad_norm: float = ranged(1.0, ge=0)  # gradient clipping (0: off)
-    precision: str = choice("auto", PRECISIONS)  # "auto" (bf16 on CUDA and on CPUs with native bf16, else fp32), "fp32", "bf16", "fp16"
+    # "auto" (bf16 on CUDA and on CPUs with native bf16, else fp32), "fp32", "bf16", "fp16"
+    precision: str = choice("auto", PRECISIONS)
     seed: int = ranged(0, ge=0)  # seed of every RNG
     num_workers: int = ranged(0, ge=0)  # data-loader workers per process
     log_every: int = ranged(20, ge=1)  # steps between metric lines
@@ -203,6 +204,7 @@ class DataConfig:
     soft_score_rule: str = choice("lxmert", SOFT_SCORE_RULES)  # several human answers: "lxmert" or "official"
     train_limit: int = ranged(0, ge=0)  # use only the first N training examples (0: all)
     eval_limit: int = ranged(0, ge=0)  # evaluate on the first N held-out examples (0: all)
+    allow_feature_mismatch: bool = False  # use a checkpoint with features made another way (warned, not refused)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

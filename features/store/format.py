@@ -94,7 +94,8 @@ def sample_checksum(data: bytes) -> int:
 
 
 def read_checked(data: bytes, shard: str | os.PathLike[str], image_id: str, offset: int, size: int,
-                 recorded: int | None, file_size: int, inspect_hint: str = "`vlm features inspect`") -> dict[str, bytes]:
+                 recorded: int | None, file_size: int,
+                 inspect_hint: str = "`vlm features inspect`") -> dict[str, bytes]:
     """The members of one sample read at ``offset`` (``size`` bytes), checked: the one check of both readers.
 
     Args:

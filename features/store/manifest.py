@@ -15,7 +15,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from features.store.format import FORMAT, FORMAT_VERSION, LOCK, MANIFEST
 from features.store.index import build_index
 from features.store.writer import read_sidecar
 
-__all__ = ["finalize_store", "load_manifest", "make_plan", "store_lock"]
+__all__ = ["extraction_record", "finalize_store", "load_manifest", "make_plan", "record_differences",
+           "store_lock"]
 
 
 @contextlib.contextmanager
@@ -167,3 +168,39 @@ def finalize_store(directory: str | os.PathLike[str], plan: dict[str, Any]) -> d
         build_index(directory, finished)
     atomic_write_json(directory / MANIFEST, manifest)
     return manifest
+
+
+def extraction_record(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """How a store's features were made, from its manifest: the record every model folder keeps (``features.json``)
+    so that features made another way are never scored without a word (:func:`record_differences`)."""
+    weights = manifest.get("weights") or {}
+    record = {k: manifest[k] for k in ("backend", "settings", "feature_dim", "num_regions", "random_weights")
+              if k in manifest}
+    sums = {name: w.get("sha256") for name, w in weights.items() if isinstance(w, dict) and w.get("sha256")}
+    if sums:
+        record["weights_sha256"] = sums
+    return record
+
+
+def record_differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    """The settings in which two extraction records differ, as ``"key: expected vs actual"`` (empty: the same way).
+
+    Compared: the backend, every extractor setting either record has, the feature width, random vs pretrained weights,
+    and the weights' sha256 where both recorded it. The number of regions is not compared (a detector's varies).
+    """
+    out = []
+
+    def differ(key: str, a: Any, b: Any) -> None:
+        if a != b:
+            out.append(f"{key}: {a!r} vs {b!r}")
+
+    for key in ("backend", "feature_dim", "random_weights"):
+        if key in expected or key in actual:
+            differ(key, expected.get(key), actual.get(key))
+    s1, s2 = expected.get("settings") or {}, actual.get("settings") or {}
+    for key in sorted(set(s1) | set(s2)):
+        differ(f"settings.{key}", s1.get(key), s2.get(key))
+    w1, w2 = expected.get("weights_sha256") or {}, actual.get("weights_sha256") or {}
+    for key in sorted(set(w1) & set(w2)):
+        differ(f"weights.{key}.sha256", w1[key][:12], w2[key][:12])
+    return out
