@@ -46,7 +46,8 @@ from vlm.data.collate import TokenTable, join_to_store, regions_of
 from vlm.data.vqa import AnswerVocab, VQAExample, answer_scores, read_vqa_v2
 from vlm.errors import DataError
 from vlm.io import jsonl_rows, read_json
-from pretraining.masking import MaskingConfig, mask_regions, mask_tokens
+from pretraining.masking import IGNORE, MaskingConfig, mask_regions, mask_tokens
+from pretraining.negatives import MatchingConfig, swap_variants
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +159,9 @@ class PretrainData:
     def __init__(self, examples: list[TextExample], store: Any, tokenizer: Any,
                  answers: AnswerVocab | Sequence[str] | None,
                  masking: MaskingConfig | None = None, max_text_len: int = 40, seed: int = 0,
-                 name: str = "data", soft_score_rule: str = "lxmert") -> None:
+                 name: str = "data", soft_score_rule: str = "lxmert", matching: MatchingConfig | None = None) -> None:
         self.store, self.masking, self.seed = store, masking or MaskingConfig(), seed
+        self.matching = matching or MatchingConfig()
         keep, self.report = join_to_store([e.image_id for e in examples], store, name)
         kept = [examples[i] for i in keep]
         images = sorted({e.image_id for e in kept})
@@ -183,6 +185,9 @@ class PretrainData:
         # drawn from all texts, a caption would mostly be swapped for a question, which describes no image, and the
         # matching objective would barely see a false caption.
         self.is_question = np.array([e.answers is not None for e in kept], dtype=bool)
+        # The matching objective scores every text, or only those that assert something about the image.
+        self.scored = ~self.is_question if self.matching.texts == "assertions" else np.ones(len(kept), dtype=bool)
+        self._build_hard_negatives(kept, tokenizer, max_text_len, text_code)
         self.special = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
         self.mask_id = tokenizer.mask_token_id
         self.vocab_size = len(tokenizer)
@@ -193,6 +198,45 @@ class PretrainData:
         self.answer_rows: list[dict[int, float]] = [
             answer_scores(e.answers, self.answers, soft_score_rule)[0] if e.answers and len(self.answers) else {}
             for e in kept]
+
+    def _build_hard_negatives(self, kept: list[TextExample], tokenizer: Any, max_text_len: int,
+                              text_code: dict[tuple[int, ...], int]) -> None:
+        """Tokenise once every one-word-swapped variant of every assertion, for the groups with a share > 0:
+        ``var_start[i, g]`` / ``var_count[i, g]`` index ``var_tokens`` (a :class:`TokenTable`); ``var_code`` gives
+        each variant's text code, so a variant that is one of the image's own texts is never a negative."""
+        groups = list(self.matching.word_groups)
+        shares = self.matching.shares()
+        self.kind_p = np.asarray(shares)
+        self.only_random = shares[0] == 1.0
+        self.var_count = np.zeros((len(kept), len(groups)), dtype=np.int64)
+        self.var_start = np.zeros((len(kept), len(groups)), dtype=np.int64)
+        self.var_tokens: TokenTable | None = None
+        self.var_code = np.zeros(0, dtype=np.int64)
+        if self.only_random:
+            return
+        active = {g: self.matching.word_groups[g] for g, p in zip(groups, shares[1:]) if p > 0}
+        texts: list[str] = []
+        for i, e in enumerate(kept):
+            if self.is_question[i]:
+                continue  # a question with a word swapped is still a question: no hard negatives
+            variants = swap_variants(e.text, active)
+            for g, name in enumerate(groups):
+                v = variants.get(name, [])
+                self.var_start[i, g], self.var_count[i, g] = len(texts), len(v)
+                texts += v
+        if texts:
+            self.var_tokens = TokenTable(texts, tokenizer, max_text_len)
+            self.var_code = np.array([text_code.setdefault(tuple(self.var_tokens.get(k).tolist()), len(text_code))
+                                      for k in range(len(texts))], dtype=np.int64)
+
+    def _hard_negative(self, i: int, g: int, rng: np.random.Generator) -> int | None:
+        """A variant of text ``i`` with one word of group ``g`` swapped that is none of the image's own texts."""
+        start, count = int(self.var_start[i, g]), int(self.var_count[i, g])
+        own = self.own_texts[int(self.image_code[i])]
+        for k in rng.permutation(count) if count else ():
+            if int(self.var_code[start + k]) not in own:
+                return start + int(k)
+        return None
 
     def __len__(self) -> int:
         return len(self.image_code)
@@ -206,27 +250,39 @@ class PretrainData:
         b = len(indices)
         cfg = self.masking
         rngs = [np.random.default_rng([self.seed, epoch, int(i)]) for i in indices]
-        # --- pairing: a mismatched example takes the text of an example about a different image
-        text_of = indices.copy()
+        # --- pairing: a mismatched example takes the text of an example about a different image (of the same kind),
+        # or (hard negative) its own text with one word of a group swapped; rows matching does not score keep theirs
+        rows: list[np.ndarray] = []
         matched = np.ones(b, dtype=np.int64)
+        kind = np.zeros(b, dtype=np.int64)  # Batch.match_kind: 0 true pair, 1 random, 2 + g word group g
         n = len(self)
         for r, (i, rng) in enumerate(zip(indices, rngs)):
-            if rng.random() < cfg.mismatch_prob:
-                for _ in range(32):
-                    j = int(rng.integers(n))
-                    if (self.is_question[j] == self.is_question[i]
-                            and int(self.text_code[j]) not in self.own_texts[int(self.image_code[i])]):
-                        text_of[r], matched[r] = j, 0
-                        break
+            i = int(i)
+            tokens = self.tokens[self.offsets[i]:self.offsets[i + 1]]
+            if not self.scored[i]:
+                matched[r] = IGNORE
+            elif rng.random() < cfg.mismatch_prob:
+                drawn = 0 if self.only_random else int(rng.choice(len(self.kind_p), p=self.kind_p))
+                v = self._hard_negative(i, drawn - 1, rng) if drawn > 0 else None
+                if v is not None:
+                    tokens, matched[r], kind[r] = self.var_tokens.get(v), 0, 1 + drawn
+                else:
+                    for _ in range(32):
+                        j = int(rng.integers(n))
+                        if (self.is_question[j] == self.is_question[i]
+                                and int(self.text_code[j]) not in self.own_texts[int(self.image_code[i])]):
+                            tokens, matched[r], kind[r] = self.tokens[self.offsets[j]:self.offsets[j + 1]], 0, 1
+                            break
+            rows.append(tokens)
         # --- text: pad to the longest, mask tokens
-        lens = self.lengths[text_of]
+        lens = np.array([len(x) for x in rows], dtype=np.int64)
         t = int(lens.max())
         ids = np.zeros((b, t), dtype=np.int64)
         u_tok = np.ones((b, t, 2), dtype=np.float32)
         rand_ids = np.zeros((b, t), dtype=np.int64)
-        for r, (j, rng) in enumerate(zip(text_of, rngs)):
+        for r, (tokens, rng) in enumerate(zip(rows, rngs)):
             L = int(lens[r])
-            ids[r, :L] = self.tokens[self.offsets[j]:self.offsets[j] + L]
+            ids[r, :L] = tokens
             u_tok[r, :L] = rng.random((L, 2), dtype=np.float32)
             rand_ids[r, :L] = rng.integers(self.first_word_id, self.vocab_size, L)
         attention = (np.arange(t)[None, :] < lens[:, None]).astype(np.int64)
@@ -281,7 +337,7 @@ class PretrainData:
             has = np.zeros(b, dtype=bool)
             for r, i in enumerate(indices):
                 row = self.answer_rows[i]
-                if matched[r] and row:
+                if matched[r] != 0 and row:  # its own text (scored as a true pair, or not scored)
                     has[r] = True
                     for a, s in row.items():
                         answer_targets[r, a] = s
@@ -290,6 +346,7 @@ class PretrainData:
                      token_type_ids=torch.zeros(b, t, dtype=torch.long), region_feats=masked_feats,
                      region_boxes=torch.from_numpy(boxes), region_mask=torch.from_numpy(region_mask),
                      mlm_labels=mlm_labels, region_labels=region_labels, matched=torch.from_numpy(matched),
+                     match_kind=torch.from_numpy(kind),
                      answer_targets=answer_targets, has_answer=has_answer)
 
     def label_info(self) -> dict[str, int]:

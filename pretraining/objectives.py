@@ -140,16 +140,32 @@ class MaskedRegionAttribute(_MaskedRegionLabel):
 
 @register("matching")
 class Matching(Objective):
+    """Cross-modality matching: does the text belong to the image? Rows with ``matched == -100`` are not scored."""
+
     def count(self, batch: Batch) -> torch.Tensor:
-        return batch.matched.new_tensor(batch.matched.numel(), dtype=torch.float32)
+        return (batch.matched != IGNORE).sum().float()
 
     def forward(self, outputs: PreTrainingOutput, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(outputs.matched_logits.float(), batch.matched.long())
+        if not (batch.matched != IGNORE).any():
+            return _zero(outputs.matched_logits)
+        return F.cross_entropy(outputs.matched_logits.float(), batch.matched.long(), ignore_index=IGNORE)
 
     @torch.no_grad()
     def accuracy(self, outputs: PreTrainingOutput, batch: Batch) -> torch.Tensor:
-        correct = (outputs.matched_logits.argmax(-1) == batch.matched.long()).sum().float()
-        return torch.stack([correct, batch.matched.new_tensor(batch.matched.numel(), dtype=torch.float32)])
+        scored = batch.matched != IGNORE
+        correct = ((outputs.matched_logits.argmax(-1) == batch.matched.long()) & scored).sum().float()
+        return torch.stack([correct, scored.sum().float()])
+
+    @torch.no_grad()
+    def accuracy_by_kind(self, outputs: PreTrainingOutput, batch: Batch, kinds: list[str]) -> dict[str, torch.Tensor]:
+        """``{kind: [correct, count]}`` over scored rows, per pair kind (``batch.match_kind`` codes index ``kinds``)."""
+        if batch.match_kind is None:
+            return {}
+        scored = batch.matched != IGNORE
+        right = (outputs.matched_logits.argmax(-1) == batch.matched.long()) & scored
+        return {name: torch.stack([(right & (batch.match_kind == code)).sum().float(),
+                                   (scored & (batch.match_kind == code)).sum().float()])
+                for code, name in enumerate(kinds)}
 
 
 @register("qa")

@@ -29,6 +29,7 @@ from vlm.engine.checkpoint import prepare_run_dir
 from vlm.io import published_dir, write_text
 from pretraining.data import PretrainData, answer_vocab, read_texts
 from pretraining.masking import MaskingConfig
+from pretraining.negatives import MatchingConfig
 from pretraining.objectives import build_objectives
 from pretraining.task import PretrainTask
 
@@ -67,6 +68,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     objectives: ObjectiveWeights = field(default_factory=ObjectiveWeights)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
 
     def model_config(self) -> ModelConfig:
@@ -74,9 +76,10 @@ class PretrainConfig:
 
     def check(self) -> None:
         """Checks across fields, run by the loader: the model preset and its overrides build a valid model, the
-        masking shares add up."""
+        masking shares add up, the matching negatives name known kinds."""
         self.model_config()
         self.masking.check()
+        self.matching.check()
 
     def to_yaml(self) -> str:
         return run_config_yaml(self)
@@ -141,12 +144,13 @@ class PretrainRun:
         train_store = FeatureStore(train_store_dir)
         answers = answer_vocab(train_texts, d.answer_min_count) if cfg.objectives.qa > 0 else None
         train_data = PretrainData(train_texts, train_store, tokenizer, answers, cfg.masking, d.max_text_len,
-                                  cfg.train.seed, name="train", soft_score_rule=d.soft_score_rule)
+                                  cfg.train.seed, name="train", soft_score_rule=d.soft_score_rule,
+                                  matching=cfg.matching)
         eval_data = None
         if eval_texts:
             eval_data = PretrainData(eval_texts, FeatureStore(eval_store_dir), tokenizer, answers, cfg.masking,
                                      d.max_text_len, cfg.train.seed + 1, name="eval",
-                                     soft_score_rule=d.soft_score_rule)
+                                     soft_score_rule=d.soft_score_rule, matching=cfg.matching)
 
         # Model: preset + overrides, sized to the store and the answer table; heads follow the objectives.
         weights = dataclasses.asdict(cfg.objectives)
@@ -170,7 +174,7 @@ class PretrainRun:
             vlm.load_text_weights(model, mc.text_init)
         objectives = build_objectives(weights)
         reducer = D.mean_across_ranks if dist.enabled else None
-        task = PretrainTask(model, objectives, count_reducer=reducer)
+        task = PretrainTask(model, objectives, count_reducer=reducer, match_kinds=cfg.matching.kinds())
 
         def evaluate(t: PretrainTask) -> dict[str, float]:
             return evaluate_pretraining(t, eval_data, cfg.train.batch_size, dist, device)
@@ -221,4 +225,6 @@ def evaluate_pretraining(task: PretrainTask, data: PretrainData, batch_size: int
     if not keys:
         return {}
     total = D.all_reduce_sum(torch.stack([sums[k] for k in keys]))
-    return {k: float(v[0] / v[1]) if v[1] > 0 else float("nan") for k, v in zip(keys, total)}
+    # a pair kind that never occurred (e.g. a word group with share 0) is left out rather than reported as NaN
+    return {k: float(v[0] / v[1]) if v[1] > 0 else float("nan") for k, v in zip(keys, total)
+            if v[1] > 0 or not k.startswith("matching/")}

@@ -27,10 +27,13 @@ class PretrainTask(nn.Module):
         count_reducer: under DDP, the mean over ranks of a tensor of counts. Each objective's batch mean is then
             rescaled by ``local count / mean count``, so that DDP's gradient averaging yields the mean over every
             rank's items (2 ranks × b reach the same weights as 1 rank × 2b, also for token-level losses).
+        match_kinds: names of the pair kinds (``Batch.match_kind`` codes); the matching accuracy is then also
+            reported per kind (``matching/<kind>``: true pairs, random negatives, each word group's hard negatives).
     """
 
     def __init__(self, model: VLMForPreTraining, objectives: dict[str, tuple[Objective, float]],
-                 count_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 count_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 match_kinds: list[str] | None = None) -> None:
         super().__init__()
         if not objectives:
             raise ValueError("PretrainTask needs at least one objective with a positive weight")
@@ -38,6 +41,7 @@ class PretrainTask(nn.Module):
         self.objectives = nn.ModuleDict({k: obj for k, (obj, _) in objectives.items()})
         self.weights = {k: w for k, (_, w) in objectives.items()}
         self.count_reducer = count_reducer
+        self.match_kinds = list(match_kinds or [])  # names of Batch.match_kind codes: per-kind matching accuracy
 
     def save_pretrained(self, directory):
         return self.model.save_pretrained(directory)
@@ -58,4 +62,7 @@ class PretrainTask(nn.Module):
                 acc = self.objectives[n].accuracy(out, batch)
                 if acc is not None:
                     out.accuracy[n] = acc.to(torch.float64)
+            if "matching" in self.objectives and self.match_kinds:
+                by_kind = self.objectives["matching"].accuracy_by_kind(out, batch, self.match_kinds)
+                out.accuracy.update({f"matching/{k}": v.to(torch.float64) for k, v in by_kind.items()})
         return out

@@ -11,12 +11,14 @@ import pytest
 from downstream.finetune import FinetuneConfig, load_finetune_config
 from downstream.modality import TRANSFORMS
 from pretraining.masking import MaskingConfig
+from pretraining.negatives import MatchingConfig
 from pretraining.objectives import OBJECTIVES
 from pretraining.run import ObjectiveWeights, PretrainConfig, load_pretrain_config
 from vlm.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from vlm.data.vqa import SOFT_SCORE_RULES
 
-CONFIGS = [ModelConfig, TrainConfig, DataConfig, MaskingConfig, ObjectiveWeights, PretrainConfig, FinetuneConfig]
+CONFIGS = [ModelConfig, TrainConfig, DataConfig, MaskingConfig, MatchingConfig, ObjectiveWeights, PretrainConfig,
+           FinetuneConfig]
 
 
 def _fields(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, dataclasses.Field, typing.Any]]:

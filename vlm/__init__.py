@@ -7,6 +7,7 @@ Public API::
     model = vlm.create_model("lxmert-mini", task="vqa", num_answers=13, text_init="all-minilm-l6-v2")
     model.save_pretrained("ckpt/"); model = vlm.from_pretrained("ckpt/")
     model = vlm.from_transformers(hf_lxmert_for_pretraining)
+    hf = vlm.to_transformers(model)                    # LxmertModel / ...ForPreTraining / ...ForQuestionAnswering
     tok = vlm.load_tokenizer()
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from vlm.batch import Batch, EncoderOutput
 from vlm.config import ConfigError, DataConfig, ModelConfig, TrainConfig, list_presets, model_config
-from vlm.convert import from_transformers, load_text_weights
+from vlm.convert import from_transformers, load_text_weights, to_transformers
 from vlm.models.tasks import TASKS, VLMModel, from_pretrained, model_class
 from vlm.tokenizer import load_tokenizer
 
@@ -60,4 +61,5 @@ __all__ = [
     "load_text_weights",
     "load_tokenizer",
     "model_config",
+    "to_transformers",
 ]

@@ -24,7 +24,10 @@ class Batch:
         mlm_labels: masked-LM targets ``[B, T]`` (-100 where not predicted).
         region_labels: dict of masked-region targets (e.g. ``mask``, ``feat``, ``obj``, ``obj_conf``, ``attr``,
             ``attr_conf``), each ``[B, K, ...]``.
-        matched: 1 where text and image belong together, 0 for a mismatched pair ``[B]``.
+        matched: 1 where text and image belong together, 0 for a mismatched pair, -100 for a row the matching
+            objective does not score (e.g. a question, when matching is applied to assertions only) ``[B]``.
+        match_kind: the kind of each pair ``[B]``: 0 a true pair, 1 another image's text, 2 + g a hard negative
+            made by swapping one word of word group g (see ``pretraining.data``); None when not tracked.
         answer_targets: soft answer scores ``[B, num_answers]`` in [0, 1].
         has_answer: ``[B]`` bool, rows of ``answer_targets`` that carry a target (pretraining QA: questions with
             answers in matched pairs); None means every row does.
@@ -40,6 +43,7 @@ class Batch:
     mlm_labels: torch.Tensor | None = None
     region_labels: dict[str, torch.Tensor] | None = None
     matched: torch.Tensor | None = None
+    match_kind: torch.Tensor | None = None
     answer_targets: torch.Tensor | None = None
     has_answer: torch.Tensor | None = None
     labels: torch.Tensor | None = None

@@ -264,6 +264,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from downstream.serve import ServeSettings, serve
+
+    given = {"device": args.device, "precision": args.precision, "cache_size": args.cache_size,
+             "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms, "queue_size": args.queue_size,
+             "max_pixels": args.max_pixels,
+             "max_body_bytes": None if args.max_body_mb is None else int(args.max_body_mb * 1024 * 1024)}
+    settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
+    logging.getLogger("downstream.serve").setLevel(logging.INFO)  # the load and its time are worth a line
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"vlm serve: {args.checkpoint} at http://{host}:{args.port}/ (page), /docs (API), /v1/predict; "
+          "Ctrl-C stops", flush=True)
+    return serve(args.checkpoint, host=args.host, port=args.port, settings=settings,
+                 log_level="info" if args.verbose else "warning")
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
     import os
 
@@ -387,6 +403,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", default=None, metavar="OUT.png",
                    help="write the image with its boxes shaded by the [CLS] attention of the last layer")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("serve", help="serve a fine-tuned model over HTTP, with a web page (FastAPI + uvicorn)",
+                       description="POST /v1/predict (multipart: image, question, top_k), GET /v1/model, /healthz, "
+                                   "/readyz, the page at / and the API docs at /docs. Binds 127.0.0.1 by default: "
+                                   "the service has no authentication.")
+    p.add_argument("--checkpoint", required=True, help="a fine-tuned VQA or classification model folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    # the limits' defaults live in one place, downstream.serve.ServeSettings: a flag not given keeps its default
+    p.add_argument("--device", default=None, help="auto (the GPU when there is one; default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast of the forward pass (auto: bf16 where the device runs it natively; default)")
+    p.add_argument("--cache-size", type=int, default=None, help="images whose features are cached (LRU; 0: none)")
+    p.add_argument("--max-batch", type=_positive_int, default=None, help="requests per forward pass at most")
+    p.add_argument("--batch-wait-ms", type=float, default=None,
+                   help="how long the worker waits for more requests before a forward pass")
+    p.add_argument("--queue-size", type=_positive_int, default=None,
+                   help="requests waiting at most; one more gets 503")
+    p.add_argument("--max-body-mb", type=float, default=None, help="largest request body in MiB")
+    p.add_argument("--max-pixels", type=_positive_int, default=None,
+                   help="largest image in pixels, refused from its header before decoding")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("ablate", help="modality ablation: fused vs text-only vs image-only, with references")
     p.add_argument("--arch", choices=["lxmert", "vilbert"], default=None)

@@ -230,6 +230,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp, f"{key} key"): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
+    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # tuple[X, ...]: any length
+        (item_tp, _) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -280,6 +290,8 @@ def apply_dict(obj: Any, values: dict[str, Any], prefix: str = "") -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"{full}: expected a mapping of {type(current).__name__} fields, got {value!r}")
             apply_dict(current, value, prefix=f"{full}.")
+        elif isinstance(current, dict) and isinstance(value, dict) and typing.get_origin(types_[key]) is dict:
+            setattr(obj, key, {**current, **_coerce(value, types_[key], full)})  # a mapping field: merged by key
         else:
             setattr(obj, key, _coerce(value, types_[key], full))
     return obj
