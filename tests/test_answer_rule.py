@@ -14,7 +14,7 @@ import vlm
 from downstream.finetune import build_model
 from pretraining.data import PretrainData, answer_vocab, read_texts
 from vlm.data.vqa import AnswerVocab, answer_targets, example_answers, read_vqa_v2
-from vlm_testing import TINY_MODEL
+from vlm_testing import TINY_MODEL, OneRegionStore
 
 # Ten human answers per question, written as VQA v2 annotators write them.
 HUMANS = {
@@ -25,17 +25,6 @@ HUMANS = {
 }
 
 
-class _Store:
-    """Every image id has one 4-d region (the answer rule does not look at features)."""
-
-    manifest: dict = {}
-    feature_dim = 4
-
-    def __contains__(self, image_id: object) -> bool:
-        return True
-
-    def __getitem__(self, image_id: str) -> dict:
-        return {"feats": np.ones((1, 4), np.float32), "boxes": np.array([[0, 0, 1, 1]], np.float32), "meta": {}}
 
 
 @pytest.fixture()
@@ -58,7 +47,7 @@ def test_pretraining_and_finetuning_share_the_table_and_the_scores(vqa_v2, rule)
     assert pre_vocab.answers == ft_vocab.answers
     # normalised: "Two"/"two"/"Two." are "2"; "a dog"/"the dog"/"Dog" are "dog"; "Yes."/"Yes" are "yes"
     assert set(pre_vocab.answers) == {"2", "3", "dog", "cat", "yes", "no", "red", "dark red"}
-    data = PretrainData(texts, _Store(), vlm.load_tokenizer(), pre_vocab, soft_score_rule=rule)
+    data = PretrainData(texts, OneRegionStore(), vlm.load_tokenizer(), pre_vocab, soft_score_rule=rule)
     for n, example in enumerate(read_vqa_v2(*vqa_v2.split(","))):
         target, unknown = answer_targets(example, ft_vocab, rule)
         row = np.zeros(len(pre_vocab), np.float32)
@@ -76,7 +65,7 @@ def test_one_given_answer_scores_one_in_both_phases(tmp_path):
     texts = read_texts(str(tmp_path / "t.jsonl"))
     vocab = answer_vocab(texts)
     assert vocab.answers == ["2"]
-    data = PretrainData(texts, _Store(), vlm.load_tokenizer(), vocab)
+    data = PretrainData(texts, OneRegionStore(), vlm.load_tokenizer(), vocab)
     assert data.answer_rows[0] == {0: 1.0}
 
 

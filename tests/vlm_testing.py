@@ -71,3 +71,19 @@ def write_pretrain_config(path, stores: tuple[str, str], preset: str = "lxmert-m
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
     return str(path)
+
+
+class OneRegionStore:
+    """A stand-in feature store for tests of text pairing and answer targets: every image id has one 4-d region (those
+    paths never look at features)."""
+
+    manifest: dict = {}
+    feature_dim = 4
+
+    def __contains__(self, image_id: object) -> bool:
+        return True
+
+    def __getitem__(self, image_id: str) -> dict:
+        import numpy as np
+
+        return {"feats": np.ones((1, 4), np.float32), "boxes": np.array([[0, 0, 1, 1]], np.float32), "meta": {}}

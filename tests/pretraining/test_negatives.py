@@ -15,6 +15,7 @@ from pretraining.masking import IGNORE
 from pretraining.negatives import MatchingConfig, swap_variants
 from pretraining.run import load_pretrain_config
 from vlm.config import ConfigError
+from vlm_testing import OneRegionStore
 
 COCO = Path(__file__).parent / "fixtures" / "coco_captions.json"
 COCO_GROUPS = {"colour": ("red", "green", "white", "blue"), "animal": ("giraffe", "zebra", "dog"),
@@ -39,17 +40,6 @@ def test_swap_changes_exactly_one_word_of_its_group_on_coco_captions():
                 assert diff[0][1].lower().strip(".") in COCO_GROUPS[group]
 
 
-class _Store:
-    """One 4-d region per image (the pairing does not look at features)."""
-
-    manifest: dict = {}
-    feature_dim = 4
-
-    def __contains__(self, image_id: object) -> bool:
-        return True
-
-    def __getitem__(self, image_id: str) -> dict:
-        return {"feats": np.ones((1, 4), np.float32), "boxes": np.array([[0, 0, 1, 1]], np.float32), "meta": {}}
 
 
 def _texts_of(batch, tok) -> list[str]:
@@ -62,7 +52,7 @@ def test_assertions_only_and_hard_negatives_on_easy_vqa():
     tok = vlm.load_tokenizer()
     cfg = MatchingConfig(texts="assertions", negatives={"random": 0.2, "colour": 0.4, "shape": 0.4})
     cfg.check()
-    data = PretrainData(texts, _Store(), tok, None, seed=3, matching=cfg)
+    data = PretrainData(texts, OneRegionStore(), tok, None, seed=3, matching=cfg)
     own = {}
     for t in texts:
         if t.answers is None:
@@ -95,7 +85,7 @@ def test_assertions_only_and_hard_negatives_on_easy_vqa():
 
 def test_default_pairing_scores_every_text_with_random_negatives_only():
     texts = [t for t in read_texts("easy-vqa+easy-vqa-captions", "test") if int(t.image_id) < 40]
-    data = PretrainData(texts, _Store(), vlm.load_tokenizer(), None, seed=0)
+    data = PretrainData(texts, OneRegionStore(), vlm.load_tokenizer(), None, seed=0)
     b = data.batch(np.arange(len(data)), 0)
     assert set(b.matched.tolist()) == {0, 1} and set(b.match_kind.tolist()) == {0, 1}
 
