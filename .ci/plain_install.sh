@@ -19,6 +19,10 @@ for name in ("vlm", "vlm.data", "features", "pretraining", "downstream", "vlm._p
     assert "site-packages" in origin, f"{name} imported from {origin}, not the installed wheel"
 for extra in ("pytest", "nbclient"):
     assert importlib.util.find_spec(extra) is None, f"{extra} is still installed"
+from importlib.resources import files
+for package, data in (("downstream.serve", "static/index.html"), ("downstream.serve", "static/app.js"),
+                      ("vlm._presets", "model/lxmert-mini.yaml"), ("vlm._presets", "finetune/lxmert-vqa.yaml")):
+    assert (files(package) / data).is_file(), f"package data {package}/{data} is not in the wheel"
 print("installed:", importlib.util.find_spec("vlm").origin)
 PY
 VLM="$ROOT/.venv/bin/vlm"

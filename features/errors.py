@@ -13,6 +13,7 @@ __all__ = [
     "BackendUnavailableError",
     "FeaturesError",
     "ImageReadError",
+    "ImageTooLargeError",
     "ShardError",
     "SourceError",
     "StoreError",
@@ -32,6 +33,10 @@ class SourceError(FeaturesError):
 
 class ImageReadError(FeaturesError):
     """An image could not be opened or decoded (raised only with ``on_error="fail"``)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image has more pixels than the caller allows (refused from its header, before the pixels are decoded)."""
 
 
 class WeightsError(FeaturesError):

@@ -27,7 +27,7 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -35,14 +35,15 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from features.backends import Extractor, create_extractor
-from features.errors import FeaturesError, ImageReadError, StoreError
+from features.errors import FeaturesError, ImageReadError, ImageTooLargeError, StoreError
 from features.io import prepare_output_dir
 from features.sources import ImageRecord, describe_source, resolve_source
 from features.store.format import MANIFEST, is_store_file
 from features.store.manifest import finalize_store, load_manifest, make_plan, store_lock
 from features.store.writer import ShardWriter, read_sidecar
 
-__all__ = ["check_device", "decode_image", "default_num_workers", "extract", "load_image", "parse_part"]
+__all__ = ["check_device", "decode_image", "default_num_workers", "extract", "extract_decoded", "load_image",
+           "parse_part"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def decode_image(path: str, size: int) -> tuple[np.ndarray, int, int]:
+def decode_image(path: str | os.PathLike[str] | IO[bytes], size: int,
+                 max_pixels: int | None = None) -> tuple[np.ndarray, int, int]:
     """Decode an image as a photo viewer shows it, as 8-bit RGB resized (stretched) to ``size x size``.
 
     This is the one image-decode helper of the package. A viewer's picture means: the EXIF orientation applied
@@ -136,11 +138,27 @@ def decode_image(path: str, size: int) -> tuple[np.ndarray, int, int]:
     scaled to 8 bits instead of clipped at 255. Palette, greyscale, CMYK and alpha images go through PIL's
     ``convert("RGB")`` (alpha is dropped).
 
+    Args:
+        path: A file path or an open binary file (e.g. ``io.BytesIO`` of an upload).
+        size: Side of the output.
+        max_pixels: Refuse an image with more pixels than this, judged from its header before any pixel is decoded
+            (a small file can declare a huge image: a decompression bomb). ``None``: PIL's own limit only.
+
     Returns:
         ``(uint8 [size, size, 3], width, height)`` — width and height of the upright image, as displayed.
+
+    Raises:
+        ImageTooLargeError: The image has more than ``max_pixels`` pixels (or more than PIL's bomb limit).
     """
-    with Image.open(path) as image:
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"the image is too large to decode ({exc})") from None
+    with opened as image:
         width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLargeError(f"the image is {width}x{height} = {width * height} pixels, more than the "
+                                     f"{max_pixels} allowed")
         orientation = _orientation(image)
         if orientation in _SIDEWAYS:
             width, height = height, width
@@ -153,6 +171,35 @@ def decode_image(path: str, size: int) -> tuple[np.ndarray, int, int]:
             image = image.resize((size, size), Image.BILINEAR)
         array = np.array(image)
     return array, width, height
+
+
+def extract_decoded(extractor: Extractor, images: Sequence[np.ndarray],
+                    sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Run ``extractor`` in memory on images already decoded by :func:`decode_image` (no feature store).
+
+    The same batch and metadata as :func:`extract` writes, so a sample here equals the store's sample of the same
+    image: ``{"feats" [K, D] float16, "boxes" [K, 4], "meta" {"width", "height", ...backend metadata}}``.
+
+    Args:
+        extractor: A built backend.
+        images: uint8 ``[S, S, 3]`` arrays, ``S = extractor.image_size``.
+        sizes: ``(width, height)`` of each upright original image.
+    """
+    if not images:
+        return []
+    out = extractor.extract(_image_batch(images))
+    return [{"feats": out.feats[row], "boxes": out.boxes[row], "meta": _sample_meta(sizes[row], out.meta, row)}
+            for row in range(len(images))]
+
+
+def _image_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
+    # (B, S, S, 3) in memory, seen as (B, 3, S, S): channels-last strides, what the CNN backbones run fastest on
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+
+
+def _sample_meta(size: tuple[int, int], meta: list[dict[str, Any]] | None, row: int) -> dict[str, Any]:
+    """A stored sample's metadata: the original image size, then the backend's own (labels, scores...)."""
+    return {"width": size[0], "height": size[1], **(meta[row] if meta else {})}
 
 
 def load_image(path: str, size: int) -> tuple[torch.Tensor, int, int]:
@@ -183,8 +230,7 @@ class _ImageDataset(torch.utils.data.Dataset):
 
 def _collate(items: list[tuple[int, np.ndarray | None, int, int, str | None]]) -> dict[str, Any]:
     ok = [item for item in items if item[1] is not None]
-    # (B, S, S, 3) in memory, seen as (B, 3, S, S): channels-last strides, what the CNN backbones run fastest on
-    images = torch.from_numpy(np.stack([item[1] for item in ok])).permute(0, 3, 1, 2) if ok else None
+    images = _image_batch([item[1] for item in ok]) if ok else None
     return {
         "indices": [item[0] for item in ok],
         "images": images,
@@ -405,8 +451,7 @@ def _run(extractor: Extractor, records: Sequence[ImageRecord], todo: Sequence[in
             if batch["images"] is not None:
                 out = extractor.extract(batch["images"])
                 for row, item in enumerate(batch["indices"]):
-                    width, height = batch["sizes"][row]
-                    meta = {"width": width, "height": height, **(out.meta[row] if out.meta else {})}
+                    meta = _sample_meta(batch["sizes"][row], out.meta, row)
                     writer.write(work[item].image_id, out.feats[row], out.boxes[row], meta)
             shard_count[shard] -= batch["count"]
             bar.update(batch["count"])
