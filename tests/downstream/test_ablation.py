@@ -155,12 +155,15 @@ def _ablate_args(*argv):
     (["--arch", "lxmert", "--task", "classify"], True),  # statements are easy-VQA images: same pretraining
     (["--arch", "lxmert", "--init", "lxmert-mini"], False),  # an explicit init: fine-tune from it
     (["--arch", "lxmert", "--no-pretrain"], False),
-    (["--arch", "lxmert", "--checkpoint", "runs/x/model"], False),
+    (["--arch", "lxmert", "--checkpoint", "{model}"], False),  # a fine-tuned model folder (the checkpoint is checked)
     (["--arch", "vilbert", "--data", "my/vqa.json"], False),  # not built-in data: warned, no easy-VQA pretraining
 ])
-def test_ablate_default_pipeline_decides_when_to_pretrain(argv, pretrains, caplog):
+def test_ablate_default_pipeline_decides_when_to_pretrain(argv, pretrains, caplog, tmp_path):
     from downstream.ablation import ablation_configs
 
+    if "{model}" in argv:
+        vlm.create_model("lxmert-mini", task="vqa", num_answers=3, **TINY_MODEL).save_pretrained(tmp_path / "model")
+        argv = [str(tmp_path / "model") if a == "{model}" else a for a in argv]
     args = _ablate_args(*argv, "model.hidden_dropout_prob=0.1", "pretrain.train.max_steps=7")
     _, pcfg = ablation_configs(arch=args.arch, task=args.task, config=args.config, checkpoint=args.checkpoint,
                                init=args.init, no_pretrain=args.no_pretrain, pretrain_config=args.pretrain_config,
