@@ -15,7 +15,8 @@ export HF_HUB_OFFLINE=1 VLM_CACHE="$WORK/cache"
 "$PY" - <<'PY'
 import importlib.util, sys
 for name in ("vlm", "vlm.data", "features", "pretraining", "downstream", "vlm._presets"):
-    origin = importlib.util.find_spec(name).origin
+    spec = importlib.util.find_spec(name)
+    origin = spec.origin or next(iter(spec.submodule_search_locations))  # a folder without __init__.py: no origin
     assert "site-packages" in origin, f"{name} imported from {origin}, not the installed wheel"
 for extra in ("pytest", "nbclient"):
     assert importlib.util.find_spec(extra) is None, f"{extra} is still installed"
