@@ -190,7 +190,8 @@ def format_pretrain_summary(summary: dict) -> str:
             lines.append(f"  {name:<16}{first[name]:>13.4f}{last.get(name, float('nan')):>14.4f}")
     if summary.get("eval"):
         ev = summary["eval"][-1]
-        accs = ", ".join(f"{k[5:-4]} {100 * v:.2f}%" for k, v in ev.items() if k.endswith("_acc"))
+        accs = ", ".join(f"{k[5:-4]} {100 * v:.2f}%" if v == v else f"{k[5:-4]} (no scored pairs in the held-out texts)"
+                         for k, v in ev.items() if k.endswith("_acc"))
         lines.append(f"  held-out accuracy at step {ev['step']}: {accs}")
     lines.append(f"  checkpoint: {summary.get('model') or summary.get('checkpoint')}  (vlm.from_pretrained loads it)")
     lines.append(f"  run folder: {summary['run_dir']} (config.yaml, metrics.jsonl, checkpoints/)")
