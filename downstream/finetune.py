@@ -27,6 +27,7 @@ from vlm.config import (ConfigError, DataConfig, TrainConfig, apply_dict, choice
 from vlm.data.classification import ClassList, check_training_labels
 from vlm.data.easy_vqa import is_builtin
 from vlm.data.readers import BUILTIN_TASK_DATA, read_classification, read_vqa
+from vlm.data.split import split_holdout
 from vlm.data.vqa import AnswerVocab, example_answers
 from vlm.engine import distributed as D
 from vlm.engine.trainer import Trainer
@@ -180,6 +181,8 @@ class FinetuneRun:
         cfg.train.out_dir = str(self.run_dir)
         d = cfg.data
         spec, eval_spec = cfg.train_spec(), cfg.eval_spec()
+        if d.holdout_images:  # validation: training images held out replace the held-out data
+            eval_spec = ""
         tok = vlm.load_tokenizer()
         train_dir, eval_dir = resolve_stores(
             train_builtin=is_builtin(spec), eval_builtin=is_builtin(eval_spec), features=d.features,
@@ -194,25 +197,27 @@ class FinetuneRun:
         self.classes: ClassList | None = None
         self.eval_data: VQAData | ClassifyData | None = None
         if cfg.task == "vqa":
-            train_ex = read_vqa(spec, "train")[:d.train_limit or None]
+            train_ex, ev = self._split(read_vqa(spec, "train"), spec)
             self.vocab = AnswerVocab.from_questions((example_answers(e) for e in train_ex), d.answer_min_count)
             self.train_data: VQAData | ClassifyData = VQAData(train_ex, self.train_store, tok, self.vocab,
                                                               d.max_text_len, d.soft_score_rule, name="train")
             if eval_spec:
-                ev = read_vqa(eval_spec, "test")[:d.eval_limit or None]
-                self.eval_data = VQAData(ev, eval_store, tok, self.vocab, d.max_text_len, d.soft_score_rule,
-                                         name="eval", with_targets=False)
+                ev = read_vqa(eval_spec, "test")
+            if ev:
+                self.eval_data = VQAData(ev[:d.eval_limit or None], eval_store or self.train_store, tok, self.vocab,
+                                         d.max_text_len, d.soft_score_rule, name="eval", with_targets=False)
             overrides["num_answers"] = len(self.vocab)
         else:
-            train_ex, self.classes = read_classification(spec, "train")
-            train_ex = train_ex[:d.train_limit or None]
+            all_train, self.classes = read_classification(spec, "train")
+            train_ex, ev = self._split(all_train, spec)
             check_training_labels(train_ex, self.classes, spec)
             num_labels = max(2, len(self.classes))
             self.train_data = ClassifyData(train_ex, self.train_store, tok, num_labels, d.max_text_len, name="train")
             if eval_spec:
                 ev, _ = read_classification(eval_spec, "test", self.classes)  # the training file's class ids
-                self.eval_data = ClassifyData(ev[:d.eval_limit or None], eval_store, tok, num_labels, d.max_text_len,
-                                              name="eval")
+            if ev:
+                self.eval_data = ClassifyData(ev[:d.eval_limit or None], eval_store or self.train_store, tok,
+                                              num_labels, d.max_text_len, name="eval")
             overrides["num_labels"] = num_labels
         if (Path(cfg.init) / "config.json").is_file():  # a checkpoint: its features must be made the same way
             check_features(cfg.init, self.train_store, allow=d.allow_feature_mismatch,
@@ -234,6 +239,15 @@ class FinetuneRun:
                                evaluate=evaluate_fn if self.eval_data is not None else None,
                                run_config_yaml=cfg.to_yaml(), keep_last=cfg.train.keep_last,
                                show_progress=show_progress)
+
+    def _split(self, examples: list, spec: str) -> tuple[list, list]:
+        """``(training examples, validation examples)``: ``data.holdout_images`` images out of the training data
+        (none without it), then ``data.train_limit``."""
+        d = self.cfg.data
+        held: list = []
+        if d.holdout_images:
+            examples, held = split_holdout(examples, d.holdout_images, spec)
+        return examples[:d.train_limit or None], held
 
     def run(self, resume: str | bool | None = None) -> dict[str, Any]:
         result = self.trainer.train(resume=resume)

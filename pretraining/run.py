@@ -22,6 +22,7 @@ from features.store import FeatureStore, extraction_record
 from vlm.config import (ConfigError, DataConfig, ModelConfig, TrainConfig, load_run_config, model_config, ranged,
                         run_config_yaml)
 from vlm.data.easy_vqa import is_builtin
+from vlm.data.split import split_holdout
 from vlm.engine import distributed as D
 from vlm.engine.loader import eval_batches
 from vlm.engine.trainer import Trainer
@@ -131,10 +132,14 @@ class PretrainRun:
         tokenizer = vlm.load_tokenizer()
         d = cfg.data
         train_texts = read_texts(d.texts, "train")
+        if d.holdout_images:  # validation: images held out of the training texts replace the held-out data
+            train_texts, eval_texts = split_holdout(train_texts, d.holdout_images, d.texts)
+            eval_spec = ""
+        else:
+            eval_spec = d.eval_texts or (d.texts if is_builtin(d.texts) else "")
+            eval_texts = read_texts(eval_spec, "test") if eval_spec else []
         if d.train_limit:
             train_texts = train_texts[:d.train_limit]
-        eval_spec = d.eval_texts or (d.texts if is_builtin(d.texts) else "")
-        eval_texts = read_texts(eval_spec, "test") if eval_spec else []
         if d.eval_limit:
             eval_texts = eval_texts[:d.eval_limit]
         train_store_dir, eval_store_dir = resolve_stores(
@@ -148,7 +153,8 @@ class PretrainRun:
                                   matching=cfg.matching)
         eval_data = None
         if eval_texts:
-            eval_data = PretrainData(eval_texts, FeatureStore(eval_store_dir), tokenizer, answers, cfg.masking,
+            eval_store = train_store if d.holdout_images else FeatureStore(eval_store_dir)
+            eval_data = PretrainData(eval_texts, eval_store, tokenizer, answers, cfg.masking,
                                      d.max_text_len, cfg.train.seed + 1, name="eval",
                                      soft_score_rule=d.soft_score_rule, matching=cfg.matching)
 

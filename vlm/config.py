@@ -204,6 +204,7 @@ class DataConfig:
     soft_score_rule: str = choice("lxmert", SOFT_SCORE_RULES)  # several human answers: "lxmert" or "official"
     train_limit: int = ranged(0, ge=0)  # use only the first N training examples (0: all)
     eval_limit: int = ranged(0, ge=0)  # evaluate on the first N held-out examples (0: all)
+    holdout_images: int = ranged(0, ge=0)  # validate on N training images held out by id (vlm.data.split); 0: off
     allow_feature_mismatch: bool = False  # use a checkpoint with features made another way (warned, not refused)
 
 

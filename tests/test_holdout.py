@@ -1,0 +1,87 @@
+"""The validation split held out from the training data by image (``data.holdout_images``)."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from vlm.data.split import holdout_ids, split_holdout
+from vlm.errors import DataError
+
+
+@dataclass
+class Ex:
+    image_id: str
+    text: str
+
+
+def _examples(n_images: int = 50, per_image: int = 3) -> list[Ex]:
+    return [Ex(str(i), f"text {k} of {i}") for i in range(n_images) for k in range(per_image)]
+
+
+def test_holdout_takes_every_text_of_the_chosen_images_and_keeps_order():
+    ex = _examples()
+    train, held = split_holdout(ex, 5, "fixture")
+    ids = {e.image_id for e in held}
+    assert len(ids) == 5 and len(held) == 15 and len(train) == 135
+    assert not ids & {e.image_id for e in train}  # no image on both sides
+    assert held == [e for e in ex if e.image_id in ids] and train == [e for e in ex if e.image_id not in ids]
+
+
+def test_holdout_does_not_depend_on_order_or_on_other_sources():
+    ex = _examples()
+    shuffled = ex[:]
+    random.Random(0).shuffle(shuffled)
+    a = {e.image_id for e in split_holdout(ex, 7, "x")[1]}
+    b = {e.image_id for e in split_holdout(shuffled, 7, "x")[1]}
+    assert a == b
+    # a second text source about the same images (captions beside questions) holds out the same images
+    captions = [Ex(str(i), f"caption of {i}") for i in range(50)]
+    assert {e.image_id for e in split_holdout(captions, 7, "x")[1]} == a
+    # more held out contains the fewer (a fixed ranking of ids)
+    assert a < holdout_ids((e.image_id for e in ex), 10)
+
+
+def test_holdout_must_leave_training_images():
+    with pytest.raises(DataError, match=r"holdout_images=50: fixture has 50 images"):
+        split_holdout(_examples(), 50, "fixture")
+
+
+def test_finetune_and_pretrain_validate_on_held_out_training_images(tmp_path, easy_vqa_stores, caplog):
+    """Both phases train without the held-out images' texts and evaluate on exactly those texts."""
+    import yaml
+
+    from downstream.finetune import finetune, load_finetune_config
+    from features.store import FeatureStore
+    from pretraining.run import load_pretrain_config, pretrain
+    from vlm.data.easy_vqa import read_easy_vqa
+    from vlm_testing import TINY_MODEL
+
+    train_store = easy_vqa_stores[0]
+    in_store = set(FeatureStore(train_store).ids())
+    questions = [e for e in read_easy_vqa("train") if e.image_id in in_store]
+    data = tmp_path / "questions.json"  # LXMERT's layout, the questions of the store's images
+    data.write_text(json.dumps([{"question_id": e.question_id, "img_id": e.image_id, "sent": e.question,
+                                 "label": {a: 1.0 for a in e.answers}} for e in questions]))
+    train, held = split_holdout(questions, 4, str(data))
+    tiny = [f"model.{k}={'null' if v is None else v}" for k, v in TINY_MODEL.items()]
+    common = ["train.max_steps=2", "train.batch_size=8", "train.precision=fp32", "train.save_every=0",
+              "data.holdout_images=4", f"data.features={train_store}", *tiny]
+
+    cfg = load_finetune_config(task="vqa", arch="lxmert", overrides=[*common, f"data.train={data}"])
+    summary = finetune(cfg, out_dir=tmp_path / "ft", show_progress=False)
+    preds = json.loads((tmp_path / "ft" / "predictions.json").read_text())
+    assert sorted(str(p["question_id"]) for p in preds) == sorted(str(e.question_id) for e in held)
+    assert summary["train"]["kept"] == len(train) and summary["eval_data"]["kept"] == len(held)
+
+    texts = tmp_path / "questions.jsonl"  # the same questions in pretraining's JSONL layout
+    texts.write_text("".join(json.dumps({"image_id": e.image_id, "text": e.question, "answers": list(e.answers)})
+                             + "\n" for e in questions))
+    cfg = load_pretrain_config(arch="lxmert", overrides=[*common, f"data.texts={texts}", "data.eval_limit=0"])
+    summary = pretrain(cfg, out_dir=tmp_path / "pre", show_progress=False)
+    assert summary["train"]["kept"] == len(train) and summary["eval_data"]["kept"] == len(held)
+    written = yaml.safe_load((tmp_path / "pre" / "config.yaml").read_text())
+    assert written["data"]["holdout_images"] == 4  # the run folder says how it was validated
