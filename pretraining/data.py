@@ -289,6 +289,8 @@ class PretrainData:
         maskable = torch.from_numpy((attention == 1) & ~np.isin(ids, self.special))
         input_ids, mlm_labels = mask_tokens(torch.from_numpy(ids), maskable, torch.from_numpy(u_tok),
                                             torch.from_numpy(rand_ids), self.mask_id, cfg)
+        if not cfg.mlm_mismatched:  # masked alike (an unmasked text would give its pair away), scored only if true
+            mlm_labels[torch.from_numpy(matched == 0)] = IGNORE
         # --- regions: pad to the most regions, mask regions (donors from other images of the dataset)
         samples = [self._regions(self.images[c]) for c in self.image_code[indices]]
         ks = np.array([s[0].shape[0] for s in samples])

@@ -27,6 +27,10 @@ class MaskingConfig:
     region_zero: float = ranged(0.8, ge=0, le=1)  # of the selected: features zeroed ...
     region_swap: float = ranged(0.1, ge=0, le=1)  # ... replaced by another region's features (the rest are kept)
     mismatch_prob: float = ranged(0.5, ge=0, le=1)  # share of pairs given another image's text (never one of its own)
+    # score masked LM on mismatched pairs too (LXMERT's released code does); off, their masked words carry no target:
+    # a word of a text about another image (the swapped word of a hard negative above all) has a target the image
+    # contradicts. Mismatched texts are masked all the same, or an unmasked text would give its pair away.
+    mlm_mismatched: bool = False
 
     def check(self) -> None:
         """The kept share of selected tokens/regions cannot be negative.

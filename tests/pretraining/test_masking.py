@@ -23,6 +23,7 @@ def test_token_masking_rates_and_never_special_or_padding(data):
     tok = vlm.load_tokenizer()
     special = torch.tensor(sorted(tok.all_special_ids))
     selected = maskable = masked = randomised = kept = 0
+    mismatched_words = mismatched_masks = 0
     for epoch in range(12):
         for start in range(0, len(data), 48):
             b = data.batch(np.arange(start, min(start + 48, len(data))), epoch)
@@ -38,8 +39,15 @@ def test_token_masking_rates_and_never_special_or_padding(data):
             kept += int((now == orig).sum())
             randomised += int(((now != orig) & (now != tok.mask_token_id)).sum())
             is_special = torch.isin(b.input_ids, special) & (b.input_ids != tok.mask_token_id)
-            maskable += int(((b.attention_mask == 1) & ~is_special).sum())  # [MASK] positions count as maskable
+            words = (b.attention_mask == 1) & ~is_special  # [MASK] positions count as maskable
+            true_pair = (b.matched != 0)[:, None]
+            maskable += int((words & true_pair).sum())
+            # mismatched texts are masked alike (or an unmasked text would tell the pair) but carry no MLM target
+            assert not sel[b.matched == 0].any()
+            mismatched_words += int((words & ~true_pair).sum())
+            mismatched_masks += int(((b.input_ids == tok.mask_token_id) & ~true_pair).sum())
     assert abs(selected / maskable - 0.15) < 0.01
+    assert abs(mismatched_masks / mismatched_words - 0.15 * 0.8) < 0.015
     assert abs(masked / selected - 0.8) < 0.02
     # a random replacement can draw the original word (rarely): count it among "kept"
     assert abs(randomised / selected - 0.1) < 0.02
@@ -78,9 +86,14 @@ def test_mask_tokens_is_a_pure_function_of_its_uniforms():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def test_mismatched_pairs_come_from_another_image_and_carry_no_answer(data):
+def test_mismatched_pairs_come_from_another_image_and_carry_no_answer(easy_vqa_stores):
+    from features.store import FeatureStore
+
     tok = vlm.load_tokenizer()
     texts = read_texts("easy-vqa", "train")[:240]
+    # masked LM scored on mismatched pairs too, so that every row's text can be read back from its labels
+    data = PretrainData(texts, FeatureStore(easy_vqa_stores[0]), tok, ["yes", "no"], MaskingConfig(mlm_mismatched=True),
+                        seed=3)
     image_of_text = {}
     for e in texts:
         image_of_text.setdefault(tuple(tok(e.text)["input_ids"]), set()).add(e.image_id)
