@@ -31,6 +31,8 @@ batch size, the rank or a resume.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -240,6 +242,14 @@ class PretrainData:
 
     def __len__(self) -> int:
         return len(self.image_code)
+
+    def unmasked(self) -> PretrainData:
+        """The same pairs (same seed, same negatives) with no word or region masked: what held-out matching and QA
+        are scored on, since a model matches and answers whole texts (a true caption whose colour word is masked
+        cannot be told from its colour-swapped negative)."""
+        clean = copy.copy(self)
+        clean.masking = dataclasses.replace(self.masking, token_prob=0.0, region_prob=0.0)
+        return clean
 
     def _regions(self, image: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         s = self.store[image]

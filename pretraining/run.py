@@ -151,12 +151,13 @@ class PretrainRun:
         train_data = PretrainData(train_texts, train_store, tokenizer, answers, cfg.masking, d.max_text_len,
                                   cfg.train.seed, name="train", soft_score_rule=d.soft_score_rule,
                                   matching=cfg.matching)
-        eval_data = None
+        eval_data = eval_clean = None
         if eval_texts:
             eval_store = train_store if d.holdout_images else FeatureStore(eval_store_dir)
             eval_data = PretrainData(eval_texts, eval_store, tokenizer, answers, cfg.masking,
                                      d.max_text_len, cfg.train.seed + 1, name="eval",
                                      soft_score_rule=d.soft_score_rule, matching=cfg.matching)
+            eval_clean = eval_data.unmasked()
 
         # Model: preset + overrides, sized to the store and the answer table; heads follow the objectives.
         weights = dataclasses.asdict(cfg.objectives)
@@ -183,7 +184,7 @@ class PretrainRun:
         task = PretrainTask(model, objectives, count_reducer=reducer, match_kinds=cfg.matching.kinds())
 
         def evaluate(t: PretrainTask) -> dict[str, float]:
-            return evaluate_pretraining(t, eval_data, cfg.train.batch_size, dist, device)
+            return evaluate_pretraining(t, eval_data, cfg.train.batch_size, dist, device, clean=eval_clean)
 
         trainer = Trainer(task, train_data, cfg.train, save_model=model, run_dir=run_dir, dist=dist, device=device,
                           evaluate=evaluate if eval_data is not None else None, run_config_yaml=cfg.to_yaml(),
@@ -213,20 +214,37 @@ class PretrainRun:
         return summary
 
 
+#: Objectives whose held-out figures come from whole (unmasked) pairs when evaluate_pretraining gets ``clean`` data.
+WHOLE_TEXT_OBJECTIVES = ("matching", "qa")
+
+
 @torch.no_grad()
 def evaluate_pretraining(task: PretrainTask, data: PretrainData, batch_size: int, dist: D.DistInfo,
-                         device: torch.device) -> dict[str, float]:
-    """Held-out losses and accuracies of every objective (masking and negatives fixed by the seed)."""
+                         device: torch.device, clean: PretrainData | None = None) -> dict[str, float]:
+    """Held-out losses and accuracies of every objective (masking and negatives fixed by the seed).
+
+    With ``clean`` (``data.unmasked()``: the same pairs, nothing masked), matching and QA are scored on it — whole
+    texts, as a model is used — and the masked objectives on ``data``."""
     sums: dict[str, torch.Tensor] = {}
-    for batch in eval_batches(data, batch_size, world_size=dist.world_size, rank=dist.rank):
-        batch = batch.to(device)
-        out = task(batch)
-        for name, obj in task.objectives.items():
-            c = obj.count(batch).double().cpu()
-            sums[f"{name}_loss"] = sums.get(f"{name}_loss", torch.zeros(2, dtype=torch.float64)) + torch.stack(
-                [out.losses[name].detach().double().cpu() * c, c])
-        for name, acc in out.accuracy.items():
-            sums[f"{name}_acc"] = sums.get(f"{name}_acc", torch.zeros(2, dtype=torch.float64)) + acc.cpu()
+
+    def add(key: str, value: torch.Tensor) -> None:
+        sums[key] = sums.get(key, torch.zeros(2, dtype=torch.float64)) + value
+
+    passes = [(data, None)] if clean is None else [(data, False), (clean, True)]
+    for source, whole in passes:
+        def wanted(name: str) -> bool:
+            return whole is None or (name.split("/")[0] in WHOLE_TEXT_OBJECTIVES) == whole
+
+        for batch in eval_batches(source, batch_size, world_size=dist.world_size, rank=dist.rank):
+            batch = batch.to(device)
+            out = task(batch)
+            for name, obj in task.objectives.items():
+                if wanted(name):
+                    c = obj.count(batch).double().cpu()
+                    add(f"{name}_loss", torch.stack([out.losses[name].detach().double().cpu() * c, c]))
+            for name, acc in out.accuracy.items():
+                if wanted(name):
+                    add(f"{name}_acc", acc.cpu())
     keys = sorted(sums)
     if not keys:
         return {}

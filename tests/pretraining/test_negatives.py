@@ -120,3 +120,37 @@ def test_matching_config_loads_merges_and_refuses():
                              ("matching.negatives.random=-1", "expected a share >= 0")]:
         with pytest.raises(ConfigError, match=needle):
             load_pretrain_config(arch="lxmert", overrides=[override])
+
+
+def test_held_out_matching_is_scored_on_whole_texts():
+    """`unmasked()` gives the same pairs with nothing masked; evaluate_pretraining scores matching on it and the
+    masked objectives on the masked pass."""
+    from pretraining.objectives import build_objectives
+    from pretraining.run import evaluate_pretraining
+    from pretraining.task import PretrainTask
+    from vlm.engine import distributed as D
+    from vlm_testing import TINY_MODEL
+
+    texts = [t for t in read_texts("easy-vqa-captions", "test") if int(t.image_id) < 40]
+    cfg = MatchingConfig(texts="assertions", negatives={"random": 0.5, "colour": 0.5})
+    data = PretrainData(texts, OneRegionStore(), vlm.load_tokenizer(), None, seed=1, matching=cfg)
+    clean = data.unmasked()
+    idx = np.arange(len(data))
+    a, b = data.batch(idx, 0), clean.batch(idx, 0)
+    assert torch.equal(a.matched, b.matched) and torch.equal(a.match_kind, b.match_kind)
+    assert (a.mlm_labels != IGNORE).any() and (b.mlm_labels == IGNORE).all()
+    assert not (b.input_ids == vlm.load_tokenizer().mask_token_id).any()
+    assert not a.region_labels["mask"].equal(b.region_labels["mask"]) and not b.region_labels["mask"].any()
+
+    from vlm.config import model_config
+    from vlm.models.tasks import VLMForPreTraining
+
+    model = VLMForPreTraining(model_config("lxmert-mini", {**TINY_MODEL, "visual_feat_dim": 4}))
+    task = PretrainTask(model.eval(), build_objectives({"mlm": 1.0, "region_feat": 1.0, "matching": 1.0}),
+                        match_kinds=cfg.kinds())
+    both = evaluate_pretraining(task, data, 16, D.DistInfo(), torch.device("cpu"), clean=clean)
+    masked_only = evaluate_pretraining(task, data, 16, D.DistInfo(), torch.device("cpu"))
+    whole_only = evaluate_pretraining(task, clean, 16, D.DistInfo(), torch.device("cpu"))
+    assert both["mlm_acc"] == masked_only["mlm_acc"] and both["region_feat_loss"] == masked_only["region_feat_loss"]
+    assert both["matching_acc"] == whole_only["matching_acc"]
+    assert both["matching/colour_acc"] == whole_only["matching/colour_acc"]
