@@ -1,0 +1,93 @@
+"""Held-out image-caption matching of a pretraining checkpoint, per pair kind, beside its text-only control.
+
+For each ``--model`` (a ``vlm pretrain`` model folder), the held-out captions (easy-VQA test captions by default, or
+``--holdout N`` training images as in ``data.holdout_images``) are paired as pretraining pairs them — half true, the
+other half split between random captions of other images and hard negatives with one colour or shape word swapped
+(``--negatives``) — with nothing masked, and scored twice: with the image, and with the image removed at test time
+(``downstream.modality.text_only``: one zero region, masked out). The text-only control must stay near 50%: a caption
+and its swapped negative differ only in a word that the text alone cannot judge.
+
+Usage::
+
+    python bench/matching_eval.py --model runs/pretrain-lxmert/model --model runs/pretrain-vilbert/model
+
+Prints one row per model and condition: overall and per pair kind (``positive``, ``random``, ``colour``, ``shape``).
+No timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import defaultdict
+
+import torch
+
+import vlm
+from downstream.modality import text_only
+from features.builtin import builtin_store, default_cache_dir
+from features.store import FeatureStore
+from pretraining.data import PretrainData, read_texts
+from pretraining.masking import IGNORE, MaskingConfig
+from pretraining.negatives import MatchingConfig
+from vlm.data.split import split_holdout
+from vlm.engine.loader import eval_batches
+from vlm.precision import autocast
+
+
+@torch.no_grad()
+def score(model: vlm.VLMModel, data: PretrainData, kinds: list[str], remove_image: bool,
+          batch_size: int = 128) -> dict[str, float]:
+    """Matching accuracy (%) overall and per pair kind."""
+    right: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for batch in eval_batches(data, batch_size):
+        if remove_image:
+            batch = text_only(batch)
+        with autocast(torch.device("cpu"), "auto"):
+            logits = model(batch).matched_logits.float()
+        scored = batch.matched != IGNORE
+        ok = (logits.argmax(-1) == batch.matched) & scored
+        for code, name in enumerate(kinds):
+            sel = scored & (batch.match_kind == code)
+            right[name][0] += int((ok & sel).sum())
+            right[name][1] += int(sel.sum())
+        right["overall"][0] += int(ok.sum())
+        right["overall"][1] += int(scored.sum())
+    return {k: 100.0 * v[0] / v[1] for k, v in right.items() if v[1]}
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", required=True, help="a pretraining model folder (repeatable)")
+    p.add_argument("--holdout", type=int, default=0, help="score N held-out training images (0: the test split)")
+    p.add_argument("--negatives", default="random=0.25,colour=0.5,shape=0.25", help="shares of negative kinds")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--cache-dir", default="")
+    args = p.parse_args(argv)
+    negatives = {k: float(v) for k, v in (part.split("=") for part in args.negatives.split(","))}
+    matching = MatchingConfig(texts="assertions", negatives=negatives)
+    matching.check()
+    cache = args.cache_dir or str(default_cache_dir(os.environ))
+    if args.holdout:
+        _, texts = split_holdout(read_texts("easy-vqa-captions", "train"), args.holdout, "easy-vqa-captions")
+        store = FeatureStore(builtin_store("train", cache, "auto"))
+    else:
+        texts = read_texts("easy-vqa-captions", "test")
+        store = FeatureStore(builtin_store("test", cache, "auto"))
+    data = PretrainData(texts, store, vlm.load_tokenizer(), None, MaskingConfig(), seed=args.seed,
+                        matching=matching).unmasked()
+    kinds = matching.kinds()
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    print(f"{len(data)} captions of {'held-out training' if args.holdout else 'test'} images; "
+          f"negatives {negatives}; nothing masked")
+    for path in args.model:
+        model = vlm.from_pretrained(path).eval()
+        results[path] = {"with image": score(model, data, kinds, False),
+                         "image removed": score(model, data, kinds, True)}
+        for cond, r in results[path].items():
+            print(f"{path} | {cond:13s} | " + " | ".join(f"{k} {v:.2f}" for k, v in r.items()))
+    return results
+
+
+if __name__ == "__main__":
+    main()
