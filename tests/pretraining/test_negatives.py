@@ -111,9 +111,11 @@ def test_matching_objective_ignores_unscored_rows_and_reports_per_kind():
 
 
 def test_matching_config_loads_merges_and_refuses():
-    cfg = load_pretrain_config(arch="lxmert", overrides=["matching.texts=assertions", "matching.negatives.colour=0.5"])
-    assert cfg.matching.texts == "assertions" and cfg.matching.negatives == {"random": 1.0, "colour": 0.5}
-    assert cfg.matching.shares() == pytest.approx([2 / 3, 1 / 3, 0.0])
+    preset = load_pretrain_config(arch="lxmert").matching  # the preset: captions, hard negatives
+    assert preset.texts == "assertions" and preset.negatives == {"random": 0.25, "colour": 0.5, "shape": 0.25}
+    cfg = load_pretrain_config(arch="lxmert", overrides=["matching.texts=all", "matching.negatives.colour=0.7"])
+    assert cfg.matching.texts == "all" and cfg.matching.negatives == {"random": 0.25, "colour": 0.7, "shape": 0.25}
+    assert cfg.matching.shares() == pytest.approx([0.25 / 1.2, 0.7 / 1.2, 0.25 / 1.2])
     for override, needle in [("matching.negatives.size=1", "'size' is neither 'random' nor a word group"),
                              ("matching.texts=questions", "matching.texts: expected one of all, assertions"),
                              ("matching.word_groups.colour=[red]", "needs two different words"),
