@@ -498,6 +498,11 @@ def to_transformers(model: VLMModel, encoder_only: bool = False) -> Any:
     ``from_transformers(to_transformers(model))`` gives back the same state dict. The result is on the model's device
     and dtype, in eval mode, and shares no memory with ``model``.
 
+    Same outputs, not the same training: transformers' ``LxmertEmbeddings`` declares ``padding_idx=0`` on the position
+    and token-type embeddings (as the original LXMERT code does), so fine-tuning the exported model never updates their
+    row 0 (the ``[CLS]`` position and the only token type used), which vlm trains; likewise a model imported with
+    :func:`from_transformers` trains rows the original kept fixed (``bench/peer_easy_vqa.py --peer-train-row0``).
+
     Refused (``ExportError``, a ``ConfigError``), because no transformers class computes the same function: the
     single-stream ``vilbert`` model (BertModel is the closest but has no region input); the ``classification`` task
     (no LXMERT class has a ``[CLS]`` classifier; ``encoder_only=True`` exports its encoder); ``layer_norm_eps`` other
