@@ -28,8 +28,9 @@ from downstream.modality import text_only
 from features.builtin import builtin_store, default_cache_dir
 from features.store import FeatureStore
 from pretraining.data import PretrainData, read_texts
-from pretraining.masking import IGNORE, MaskingConfig
+from pretraining.masking import MaskingConfig
 from pretraining.negatives import MatchingConfig
+from pretraining.objectives import Matching
 from vlm.data.split import split_holdout
 from vlm.engine.loader import eval_batches
 from vlm.precision import autocast
@@ -38,22 +39,18 @@ from vlm.precision import autocast
 @torch.no_grad()
 def score(model: vlm.VLMModel, data: PretrainData, kinds: list[str], remove_image: bool,
           batch_size: int = 128) -> dict[str, float]:
-    """Matching accuracy (%) overall and per pair kind."""
-    right: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    """Matching accuracy (%) overall and per pair kind (the matching objective's own counting)."""
+    objective = Matching()
+    counts: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(2))
     for batch in eval_batches(data, batch_size):
         if remove_image:
             batch = text_only(batch)
         with autocast(torch.device("cpu"), "auto"):
-            logits = model(batch).matched_logits.float()
-        scored = batch.matched != IGNORE
-        ok = (logits.argmax(-1) == batch.matched) & scored
-        for code, name in enumerate(kinds):
-            sel = scored & (batch.match_kind == code)
-            right[name][0] += int((ok & sel).sum())
-            right[name][1] += int(sel.sum())
-        right["overall"][0] += int(ok.sum())
-        right["overall"][1] += int(scored.sum())
-    return {k: 100.0 * v[0] / v[1] for k, v in right.items() if v[1]}
+            out = model(batch)
+        for name, pair in objective.accuracy_by_kind(out, batch, kinds).items():
+            counts[name] += pair
+        counts["overall"] += objective.accuracy(out, batch)
+    return {k: 100.0 * float(v[0] / v[1]) for k, v in counts.items() if v[1]}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
