@@ -231,19 +231,16 @@ def evaluate_pretraining(task: PretrainTask, data: PretrainData, batch_size: int
         sums[key] = sums.get(key, torch.zeros(2, dtype=torch.float64)) + value
 
     passes = [(data, None)] if clean is None else [(data, False), (clean, True)]
-    for source, whole in passes:
-        def wanted(name: str) -> bool:
-            return whole is None or (name.split("/")[0] in WHOLE_TEXT_OBJECTIVES) == whole
-
+    for source, whole in passes:  # whole: None scores everything, True/False only whole-text/masked objectives
         for batch in eval_batches(source, batch_size, world_size=dist.world_size, rank=dist.rank):
             batch = batch.to(device)
             out = task(batch)
             for name, obj in task.objectives.items():
-                if wanted(name):
+                if whole is None or (name in WHOLE_TEXT_OBJECTIVES) == whole:
                     c = obj.count(batch).double().cpu()
                     add(f"{name}_loss", torch.stack([out.losses[name].detach().double().cpu() * c, c]))
             for name, acc in out.accuracy.items():
-                if wanted(name):
+                if whole is None or (name.split("/")[0] in WHOLE_TEXT_OBJECTIVES) == whole:
                     add(f"{name}_acc", acc.cpu())
     keys = sorted(sums)
     if not keys:

@@ -32,7 +32,7 @@ def holdout_ids(image_ids: Iterable[str], n: int) -> set[str]:
 def split_holdout(examples: Sequence[T], n: int, what: str) -> tuple[list[T], list[T]]:
     """``(train, held_out)``: the examples of ``n`` images chosen by :func:`holdout_ids` and the rest, each in the
     original order. Every example has an ``image_id``. ``n`` must leave at least one training image."""
-    ids = [str(getattr(e, "image_id")) for e in examples]
+    ids = [str(e.image_id) for e in examples]  # type: ignore[attr-defined]
     distinct = len(set(ids))
     if n >= distinct:
         raise DataError(f"data.holdout_images={n}: {what} has {distinct} images; hold out fewer than that so that "
