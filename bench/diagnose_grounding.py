@@ -46,7 +46,7 @@ from features.builtin import builtin_store, default_cache_dir
 from features.store import FeatureStore
 from vlm.data.collate import TokenTable, pad_regions, regions_of
 from vlm.data.easy_vqa import EASY_VQA_COLOURS, read_easy_vqa, read_image_attributes
-from vlm.layers import CrossModalLayer
+from vlm.models.attention import region_attention
 
 FIXED_QUESTION = "what color is the shape?"
 SHAPE_SHARE = 0.25  # a region covers the shape when at least this share of its pixels are shape pixels
@@ -64,67 +64,23 @@ def make_batch(store: FeatureStore, image_ids: list[str], texts: list[str], tok:
                      region_boxes=torch.from_numpy(boxes), region_mask=torch.from_numpy(rmask))
 
 
-def _softmax_attention(attn: torch.nn.Module, queries: torch.Tensor, keys: torch.Tensor,
-                       bias: torch.Tensor) -> torch.Tensor:
-    """Head-averaged attention probabilities of ``queries`` over ``keys`` ``[B, Sq, Sk]`` (fp32)."""
-    q, _, _ = attn.project(queries)
-    _, k, _ = attn.project(keys)
-    scores = (q.float() @ k.float().transpose(-1, -2)) / q.shape[-1] ** 0.5 + bias.float()
-    return scores.softmax(-1).mean(1)
-
-
 def capture(model: vlm.VLMModel, batch: vlm.Batch) -> dict[str, Any]:
     """One forward that keeps every layer's states and attention: ``region[l]`` ``[B, K, H]``, ``cls[l]`` ``[B, H]``,
-    ``attn[l]`` text→region ``[B, T, K]`` (per cross-modality layer for LXMERT, per layer for the single stream),
-    ``pooled`` and ``logits``."""
-    enc = model.encoder
-    out: dict[str, Any] = {"region": [], "cls": [], "attn": [], "region_names": [], "cls_names": []}
-    k = batch.region_feats.shape[1]
-    hooks = []
-    if enc.config.arch == "lxmert":
-        crosses = [f"x{i}" for i in range(len(enc.cross_layers))]
-        out["cls_names"] = [f"l{i}" for i in range(len(enc.text_layers))] + crosses
-        out["region_names"] = [f"r{i}" for i in range(len(enc.region_layers))] + crosses
-        for layer in enc.text_layers:
-            hooks.append(layer.register_forward_hook(lambda m, a, o: out["cls"].append(o[:, 0].float())))
-        for layer in enc.region_layers:
-            hooks.append(layer.register_forward_hook(lambda m, a, o: out["region"].append(o.float())))
-
-        def cross_pre(m: CrossModalLayer, args: tuple) -> None:
-            text, _, region, region_bias = args
-            out["attn"].append(_softmax_attention(m.cross, text, region, region_bias))
-
-        def cross_post(m: CrossModalLayer, args: tuple, o: tuple) -> None:
-            out["cls"].append(o[0][:, 0].float())
-            out["region"].append(o[1].float())
-
-        for layer in enc.cross_layers:
-            hooks.append(layer.register_forward_pre_hook(cross_pre))
-            hooks.append(layer.register_forward_hook(cross_post))
+    ``attn[l]`` text→region ``[B, T, K]`` (per cross-modality layer for LXMERT, per layer for the single stream;
+    head-averaged, :func:`vlm.models.attention.region_attention`), ``pooled`` and ``logits``."""
+    with torch.inference_mode():
+        result = model(batch, output_attentions=True, output_hidden_states=True)
+    enc = result.encoder_output
+    if model.config.arch == "lxmert":
+        crosses = [f"x{i}" for i in range(model.config.x_layers)]
+        cls_names = [f"l{i}" for i in range(model.config.l_layers)] + crosses
+        region_names = [f"r{i}" for i in range(model.config.r_layers)] + crosses
     else:
-        def pre(m: torch.nn.Module, args: tuple) -> None:
-            x, bias = args
-            a = _softmax_attention(m.attn, x, x, bias)  # [B, S, S], S = [CLS] [IMG] v1..vK [SEP] w..
-            text_rows = torch.cat([a[:, :1], a[:, k + 3:]], dim=1)[:, :, 2:k + 2]
-            out["attn"].append(text_rows / text_rows.sum(-1, keepdim=True).clamp_min(1e-12))
-
-        def post(m: torch.nn.Module, args: tuple, o: torch.Tensor) -> None:
-            out["cls"].append(o[:, 0].float())
-            out["region"].append(o[:, 2:k + 2].float())
-
-        out["cls_names"] = out["region_names"] = [f"{i}" for i in range(len(enc.layers))]
-        for layer in enc.layers:
-            hooks.append(layer.register_forward_pre_hook(pre))
-            hooks.append(layer.register_forward_hook(post))
-    try:
-        with torch.inference_mode():
-            result = model(batch)
-            out["pooled"] = result.pooled.float()
-            out["logits"] = result.logits.float()
-    finally:
-        for h in hooks:
-            h.remove()
-    return out
+        cls_names = region_names = [f"{i}" for i in range(len(enc.text_hidden_states))]
+    return {"region": [r.float() for r in enc.region_hidden_states], "region_names": region_names,
+            "cls": [t[:, 0].float() for t in enc.text_hidden_states], "cls_names": cls_names,
+            "attn": [region_attention(enc, layer) for layer in range(len(enc.attentions))],
+            "pooled": result.pooled.float(), "logits": result.logits.float()}
 
 
 # ------------------------------------------------------------------------------------------------------- probes
@@ -299,15 +255,15 @@ def attention_to_shape(model: vlm.VLMModel, store: FeatureStore, rows: list[tupl
 
 def gradient_norms(arch: str, init: str, steps: int, cache: str) -> dict[str, list[float]]:
     """Per-block gradient L2 norms over the first ``steps`` fine-tuning steps of the architecture's VQA preset."""
-    from downstream.finetune import FinetuneRun, load_finetune_config
-    from vlm.engine import distributed as D
+    from downstream.finetune import load_finetune_config, prepare_finetuning
     from vlm.engine.loader import StepBatches
 
     cfg = load_finetune_config(task="vqa", arch=arch, overrides=[f"init={init}"] if init else [])
     cfg.data.cache_dir = cache
-    device = D.start(D.DistInfo(), "cpu", cfg.train.seed)
+    cfg.train.device = "cpu"
     with tempfile.TemporaryDirectory() as tmp:
-        run = FinetuneRun(cfg, device=device, out_dir=Path(tmp) / "run", show_progress=False)
+        run = prepare_finetuning(cfg, out_dir=Path(tmp) / "run", show_progress=False)
+        device = run.device
         model, trainer = run.model, run.trainer
         blocks: dict[str, list[torch.nn.Parameter]] = defaultdict(list)
         for name, p in model.named_parameters():

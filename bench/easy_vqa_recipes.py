@@ -24,10 +24,9 @@ import easy_vqa
 import torch
 
 import vlm
-from vlm.data.easy_vqa import EASY_VQA_COLOURS, easy_vqa_question_type
-from features.store import FeatureStore
 from features.builtin import builtin_store, default_cache_dir
-from vlm.engine.trainer import param_groups
+from features.store import FeatureStore
+from vlm.data.easy_vqa import EASY_VQA_COLOURS, easy_vqa_question_type
 from vlm.precision import autocast
 
 

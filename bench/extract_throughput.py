@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from features.backends import create_extractor
+from features.decode import decode_image
 from features.defaults import GRID_DEFAULTS
-from features.extract import decode_image, extract
+from features.extract import extract
 from features.sources import resolve_source
 from features.store import ShardWriter
 from features.store.stream import _ShuffleBuffer

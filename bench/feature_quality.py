@@ -43,11 +43,12 @@ import easy_vqa
 import numpy as np
 import torch
 
-from vlm.data.easy_vqa import EASY_VQA_COLOURS, EASY_VQA_SHAPES, easy_vqa_question_type
 from features.backends import create_extractor
-from features.extract import extract, load_image
+from features.decode import load_image
+from features.extract import extract
 from features.sources import resolve_source
 from features.store import FeatureStore
+from vlm.data.easy_vqa import EASY_VQA_COLOURS, EASY_VQA_SHAPES, easy_vqa_question_type
 
 LITE0 = {"backbone": "efficientnet_lite0"}
 

@@ -27,10 +27,11 @@ import vlm
 from downstream.modality import text_only
 from features.builtin import builtin_store, default_cache_dir
 from features.store import FeatureStore
-from pretraining.data import PretrainData, read_texts
+from pretraining.data import PretrainData
 from pretraining.masking import MaskingConfig
 from pretraining.negatives import MatchingConfig
 from pretraining.objectives import Matching
+from vlm.data.readers import read_texts
 from vlm.data.split import split_holdout
 from vlm.engine.loader import eval_batches
 from vlm.precision import autocast

@@ -51,10 +51,9 @@ from torch import nn
 
 import vlm
 from downstream.evaluate import evaluate
-from downstream.finetune import FinetuneRun, load_finetune_config
+from downstream.finetune import FinetuneRun, load_finetune_config, prepare_finetuning
 from features.builtin import default_cache_dir
 from vlm.config import TrainConfig
-from vlm.engine import distributed as D
 from vlm.engine.loader import EpochPlan, StepBatches
 from vlm.precision import autocast_dtype, cpu_has_native_bf16
 
@@ -304,9 +303,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg.data.cache_dir = args.cache_dir or cfg.data.cache_dir or str(default_cache_dir(os.environ))
     if not cfg.train.max_steps:
         raise SystemExit("set --steps (the config has no train.max_steps)")
-    device = D.start(D.DistInfo(), cfg.train.device, cfg.train.seed)  # as `vlm finetune`: device, then the seed
     with tempfile.TemporaryDirectory(prefix="peer-easy-vqa-") as tmp:
-        run = FinetuneRun(cfg, device=device, out_dir=tmp, show_progress=False)
+        run = prepare_finetuning(cfg, out_dir=tmp, show_progress=False)  # as `vlm finetune`: device, then the seed
+        device = run.device
         model = run.model.to(device)
         if run.eval_data is None:
             raise SystemExit("no held-out data: give data.eval (the built-in data's test split is the default)")

@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,11 +36,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import vlm  # noqa: E402
 from features.extract import extract  # noqa: E402
 from features.store import FeatureStore, stream  # noqa: E402
-from pretraining.data import PretrainData, answer_vocab, read_texts  # noqa: E402
+from pretraining.data import PretrainData, answer_vocab  # noqa: E402
 from pretraining.objectives import build_objectives  # noqa: E402
 from pretraining.task import PretrainTask  # noqa: E402
 from vlm.config import TrainConfig  # noqa: E402
+from vlm.data.readers import read_texts  # noqa: E402
 from vlm.engine.loader import EpochPlan, epoch_loader  # noqa: E402
+from vlm.engine.run import RunContext  # noqa: E402
 from vlm.engine.trainer import Trainer, param_groups  # noqa: E402
 from vlm.precision import autocast  # noqa: E402
 
@@ -168,7 +169,8 @@ def main() -> None:
                              text_init="all-minilm-l6-v2")
     task = PretrainTask(model, build_objectives({"mlm": 1, "region_feat": 1, "matching": 1, "qa": 1}))
     cfg = TrainConfig(batch_size=64, max_steps=10_000, log_every=10_000)
-    trainer = Trainer(task, data, cfg, save_model=model, run_dir=root / "run", show_progress=False)
+    run = RunContext(run_dir=root / "run", device=torch.device("cpu"), seed=cfg.seed)  # train_step only: no files
+    trainer = Trainer(task, data, cfg, save_model=model, run=run, show_progress=False)
     plan = trainer.plan
     n = args.steps
     memory = [data.batch(plan.indices(0, p), 0) for p in range(n)]

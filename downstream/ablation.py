@@ -31,25 +31,24 @@ from typing import Any
 
 import numpy as np
 
+from downstream.classification import classification_metrics
+from downstream.data import ClassifyData, VQAData
+from downstream.evaluate import evaluate, vqa_metrics
+from downstream.evaluate_model import load_eval_data
+from downstream.finetune import FinetuneConfig, finetune, load_finetune_config
+from downstream.modality import image_only, text_only
+from pretraining.run import PretrainConfig, load_pretrain_config, pretrain
 from vlm.data.easy_vqa import is_builtin
 from vlm.data.readers import read_classification, read_vqa
 from vlm.data.vqa import normalize_answer
 from vlm.engine import distributed as D
 from vlm.errors import DataError
-from vlm.io import atomic_write, read_json, write_text
-from downstream.classification import classification_metrics
-from downstream.data import ClassifyData, VQAData
-from downstream.evaluate import evaluate, vqa_metrics
-from downstream.finetune import TASKS, FinetuneConfig, finetune, init_arch, load_eval_data, load_finetune_config
-from downstream.modality import image_only, text_only
-from pretraining.run import PretrainConfig, load_pretrain_config, pretrain
+from vlm.io import atomic_write, write_text
+from vlm.models.folder import arch_of, describe, is_model_folder, model_task
 
 logger = logging.getLogger(__name__)
 
-MODEL_ROWS = ("fused", "text-only (test-time)", "image-only (test-time)", "text-only (trained)",
-              "image-only (trained)")
 REFERENCE_ROWS = ("majority answer (train)", "text lookup (train)")
-CEILING_ROWS = ("best text-only (ceiling)", "best image-only (ceiling)")
 
 
 def _norm_text(text: str) -> str:
@@ -130,16 +129,14 @@ def check_checkpoint(checkpoint: str | Path, arch: str | None, task: str) -> Non
     Raises:
         DataError: one line naming the checkpoint, what it is and what the command asked for.
     """
-    path = Path(checkpoint) / "config.json"
-    if not path.is_file():
+    if not is_model_folder(checkpoint):
         raise DataError(f"--checkpoint {checkpoint}: not a model folder (no config.json)")
-    saved = read_json(path)
-    found_arch, found_task = (saved.get("model") or {}).get("arch"), saved.get("task")
-    if arch and found_arch != arch:
-        raise DataError(f"--arch {arch}: the checkpoint {checkpoint} is a {found_arch} model")
-    wanted = TASKS[task]
-    if found_task != wanted:
-        raise DataError(f"--task {task}: the checkpoint {checkpoint} is a {found_task} model; the model to ablate must "
+    info = describe(checkpoint)
+    if arch and info.arch != arch:
+        raise DataError(f"--arch {arch}: the checkpoint {checkpoint} is a {info.arch} model")
+    wanted = model_task(task)
+    if info.task != wanted:
+        raise DataError(f"--task {task}: the checkpoint {checkpoint} is a {info.task} model; the model to ablate must "
                         f"already be a {wanted} model (vlm finetune --task {task} --init {checkpoint} makes one)")
 
 
@@ -171,7 +168,7 @@ def ablation_configs(*, arch: str | None = None, task: str | None = None, config
     cfg.data.cache_dir = cfg.data.cache_dir or cache_dir
     if checkpoint is not None:
         check_checkpoint(checkpoint, arch, cfg.task)
-    if checkpoint is not None or init is not None or no_pretrain or (Path(cfg.init) / "config.json").is_file():
+    if checkpoint is not None or init is not None or no_pretrain or is_model_folder(cfg.init):
         return cfg, None
     if not is_builtin(cfg.train_spec()):
         logger.warning("no pretraining: the default pipeline pretrains on the built-in easy-VQA texts only; "
@@ -179,7 +176,7 @@ def ablation_configs(*, arch: str | None = None, task: str | None = None, config
                        "from it)", cfg.data.train, cfg.init)
         return cfg, None
     pre = [o for o in ft_overrides if o.startswith(("model.", "data.features=", "data.eval_features="))]
-    pcfg = load_pretrain_config(pretrain_config, init_arch(cfg.init), pre + pre_overrides)
+    pcfg = load_pretrain_config(pretrain_config, arch_of(cfg.init), pre + pre_overrides)
     pcfg.data.cache_dir = pcfg.data.cache_dir or cfg.data.cache_dir
     return cfg, pcfg
 
@@ -218,12 +215,13 @@ def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path |
         finetune(fused_cfg, out_dir=out / "fused", overwrite=overwrite, dist=dist, show_progress=show_progress)
         checkpoint = out / "fused" / "model"
     D.barrier()
-    model, data, spec, run_cfg = load_eval_data(checkpoint, data=cfg.data.eval or None,
-                                                features=cfg.data.eval_features or None, cache_dir=cache,
-                                                limit=cfg.data.eval_limit or None,
-                                                allow_feature_mismatch=cfg.data.allow_feature_mismatch)
+    loaded, data, spec, run_cfg = load_eval_data(checkpoint, data=cfg.data.eval or None,
+                                                 features=cfg.data.eval_features or None, cache_dir=cache,
+                                                 limit=cfg.data.eval_limit or None,
+                                                 allow_feature_mismatch=cfg.data.allow_feature_mismatch,
+                                                 show_progress=show_progress and dist.is_main)
     device = D.resolve_device(cfg.train.device, dist)
-    model.to(device)
+    model = loaded.model.to(device)
     rows = []
     for name, transform in (("fused", None), ("text-only (test-time)", text_only),
                             ("image-only (test-time)", image_only)):

@@ -14,7 +14,7 @@ import torch
 
 from vlm.batch import Batch
 from vlm.data.classification import ClassificationExample
-from vlm.data.collate import TokenTable, join_to_store, pad_regions, regions_of
+from vlm.data.collate import TokenTable, collate, join_to_store, regions_of
 from vlm.data.vqa import AnswerVocab, VQAExample, answer_targets
 from vlm.errors import DataError
 
@@ -37,13 +37,9 @@ class _Joined:
     def __len__(self) -> int:
         return len(self.keep)
 
-    def _inputs(self, indices: np.ndarray, image_ids: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def _batch(self, indices: np.ndarray, **targets: Any) -> Batch:
         ids, mask = self.tokens.pad(indices, self.pad_id)
-        imgs = image_ids if image_ids is not None else [self.image_ids[i] for i in indices]
-        feats, boxes, region_mask = pad_regions([regions_of(self.store[i]) for i in imgs])
-        return dict(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                    token_type_ids=torch.zeros(ids.shape, dtype=torch.long), region_feats=torch.from_numpy(feats),
-                    region_boxes=torch.from_numpy(boxes), region_mask=torch.from_numpy(region_mask))
+        return collate(ids, mask, [regions_of(self.store[self.image_ids[i]]) for i in indices], **targets)
 
 
 class VQAData(_Joined):
@@ -94,7 +90,7 @@ class VQAData(_Joined):
             for r, i in enumerate(indices):
                 s, e = self.t_off[i], self.t_off[i + 1]
                 targets[r, torch.from_numpy(self.t_idx[s:e])] = torch.from_numpy(self.t_val[s:e])
-        return Batch(**self._inputs(indices), answer_targets=targets)
+        return self._batch(indices, answer_targets=targets)
 
 
 class ClassifyData(_Joined):
@@ -117,4 +113,4 @@ class ClassifyData(_Joined):
     def batch(self, indices: np.ndarray, epoch: int) -> Batch:
         indices = np.asarray(indices, dtype=np.int64)
         labels = torch.from_numpy(self.labels[indices]) if self.with_targets else None
-        return Batch(**self._inputs(indices), labels=labels)
+        return self._batch(indices, labels=labels)

@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlm.engine import distributed as D
-from vlm.engine.loader import eval_batches
-from vlm.precision import autocast
 from downstream.classification import classification_metrics
-from vlm.errors import DataError
 from downstream.data import ClassifyData, VQAData
 from downstream.vqa import exact_match_accuracy, soft_accuracy, vqa_accuracy
+from vlm.engine import distributed as D
+from vlm.engine.loader import eval_batches
+from vlm.errors import DataError
+from vlm.precision import autocast
 
 
 @torch.no_grad()

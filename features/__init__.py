@@ -7,7 +7,7 @@ image — and stores them as webdataset shards with a manifest (see ``docs/featu
   ``grid``, ``detector`` or ``detectron2`` backend (:mod:`features.backends`);
 * :class:`features.store.FeatureStore` (random access by image id) and :func:`features.store.stream` (webdataset
   pipeline): the readers used by pretraining and fine-tuning;
-* :func:`features.tsv.import_tsv` / ``vlm features import-tsv``: bottom-up-attention TSV files to shards;
+* :func:`features.tsv_import.import_tsv` / ``vlm features import-tsv``: bottom-up-attention TSV files to shards;
 * :func:`features.builtin_store` / :func:`features.resolve_stores` (:mod:`features.builtin`): the built-in easy-VQA
   stores, extracted on first use into a cache folder the caller gives, and the one rule for which store a run reads;
 * :func:`features.builtin_extraction` (the easy-VQA pipeline's ``(backend, options)``),
@@ -32,7 +32,7 @@ _EXPORTS = {
     "extract": "features.extract",
     "create_extractor": "features.backends",
     "list_backends": "features.backends",
-    "import_tsv": "features.tsv",
+    "import_tsv": "features.tsv_import",
     "FeaturesError": "features.errors",
     "DEFAULT_BACKEND": "features.defaults",
     "DEFAULT_BUILTIN_BACKEND": "features.defaults",

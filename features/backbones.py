@@ -36,8 +36,14 @@ from torch import nn
 from features.errors import WeightsError
 from features.io import file_sha256, hf_hub_cache_file, load_state_dict_file, torch_hub_cache_file
 from features.pretrained import BUILTIN_WEIGHTS, builtin_weights_file, convert_state_dict
-from features.weights import (NO_WEIGHT_BACKENDS, init_random, isolated_rng, load_verified, missing_weights_message,
-                              weights_record)
+from features.weights import (
+    NO_WEIGHT_BACKENDS,
+    init_random,
+    isolated_rng,
+    load_verified,
+    missing_weights_message,
+    weights_record,
+)
 
 __all__ = ["Backbone", "create_backbone", "load_classifier", "load_state_dict_file", "parse_backbone_name",
            "file_sha256", "NO_WEIGHT_BACKENDS", "IMAGENET_MEAN", "IMAGENET_STD"]

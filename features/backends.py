@@ -14,7 +14,9 @@ backend        regions and features                                             
 =============  ===================================================================  ==========================
 
 Images reach a backend already decoded and resized to ``image_size x image_size`` (a plain stretch, so normalised
-boxes are the same for the original and the resized image) as a uint8 batch ``[B, 3, S, S]``.
+boxes are the same for the original and the resized image) as a uint8 batch ``[B, 3, S, S]``. Every backend is an
+:class:`~features.backend_base.Extractor` (the interface, in :mod:`features.backend_base`; ``Extractor`` and
+``ExtractedBatch`` are importable from here too). The registry (:data:`BACKENDS`, :func:`create_extractor`) is here.
 
 The ``patches`` defaults fit easy-VQA's 64x64 images: a 4x4 grid of 16x16-pixel patches plus the whole image
 downsampled to 16x16 by area averaging, so K = 17 and D = 3 * 16 * 16 = 768. Region 0 is the whole image (box
@@ -28,8 +30,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,70 +37,16 @@ import torch
 import torch.nn.functional as F
 
 from features.backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone
+from features.backend_base import ExtractedBatch, Extractor
 from features.defaults import GRID_DEFAULTS
 from features.errors import FeaturesError
-from features.pooling import grid_boxes, roi_mean_pool
+from features.pooling import COLOUR_STATS_DIM, box_colour_hist, box_colour_stats, grid_boxes, roi_mean_pool
 from features.proposers import Detectron2Detector, TorchvisionDetector
 
 __all__ = ["BACKENDS", "DetectorExtractor", "Detectron2Extractor", "ExtractedBatch", "Extractor", "GridExtractor",
-           "PatchesExtractor", "box_colour_hist", "box_colour_stats", "create_extractor", "list_backends"]
+           "PatchesExtractor", "create_extractor", "list_backends"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ExtractedBatch:
-    """Output of :meth:`Extractor.extract` for a batch of B images.
-
-    Attributes:
-        feats: float16 ``[B, K, D]``.
-        boxes: float32 ``[B, K, 4]``, normalised ``(x1, y1, x2, y2)``.
-        meta: Per-image extra metadata (labels, scores), or ``None``.
-    """
-
-    feats: np.ndarray
-    boxes: np.ndarray
-    meta: list[dict[str, Any]] | None = None
-
-
-class Extractor(ABC):
-    """Base class of the backends.
-
-    Attributes:
-        name: Backend name.
-        image_size: Side length S the loader resizes images to.
-        feature_dim: D.
-        num_regions: K.
-        random_weights: Whether any weights are random (recorded in the manifest).
-        weights_info: Where each weight file came from.
-        label_names: Class names of ``objects_id`` (detector backends), else ``None``.
-    """
-
-    name: str = ""
-    image_size: int
-    feature_dim: int
-    num_regions: int
-    random_weights: bool = False
-    weights_info: dict[str, Any]
-    label_names: list[str] | None = None
-
-    def __init__(self, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
-        self.weights_info = {}
-
-    @abstractmethod
-    def settings(self) -> dict[str, Any]:
-        """The settings that determine the features (JSON-serialisable; compared when a run resumes)."""
-
-    @abstractmethod
-    def extract(self, images: torch.Tensor) -> ExtractedBatch:
-        """Extract a uint8 batch ``[B, 3, S, S]``."""
-
-    def _normalise(self, images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).float().div_(255.0)
-        mean_t = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        std_t = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        return x.sub_(mean_t).div_(std_t)
 
 
 class PatchesExtractor(Extractor):
@@ -181,58 +127,6 @@ class PatchesExtractor(Extractor):
             patches = torch.cat([whole, patches], dim=1)  # (B, K, D)
         feats = patches.to(torch.float16).cpu().numpy()
         return ExtractedBatch(feats=feats, boxes=np.broadcast_to(self._boxes, (b, *self._boxes.shape)))
-
-
-#: Values :func:`box_colour_stats` adds per box: mean and standard deviation of each of the 3 channels.
-COLOUR_STATS_DIM = 6
-
-
-def box_colour_stats(images: torch.Tensor, boxes: torch.Tensor, samples: int = 8) -> torch.Tensor:
-    """Mean and standard deviation of each channel of ``images`` inside each box.
-
-    Both moments are RoI-aligned averages of the pixels and of their squares (``samples x samples`` bins per box,
-    each the mean of an adaptive number of bilinear samples): exact for boxes on the pixel grid whose sides are
-    multiples of ``samples`` pixels (the built-in 128 px 4x4 grid: 32-pixel boxes), smooth otherwise.
-
-    Args:
-        images: ``[B, 3, H, W]`` (normalised) pixels.
-        boxes: ``[B, K, 4]`` boxes in pixels ``(x1, y1, x2, y2)``.
-        samples: Side of the RoI-align grid per box.
-
-    Returns:
-        ``[B, K, 6]``: the three means, then the three standard deviations.
-    """
-    moments = roi_mean_pool(torch.cat([images, images * images], dim=1), boxes, spatial_scale=1.0,
-                            output_size=samples)
-    mean, mean_sq = moments[..., :3], moments[..., 3:]
-    return torch.cat([mean, (mean_sq - mean * mean).clamp_min(0.0).sqrt()], dim=-1)
-
-
-def box_colour_hist(images: torch.Tensor, boxes: torch.Tensor, bins: int, samples: int = 8,
-                    chunk: int = 8) -> torch.Tensor:
-    """Joint RGB histogram of each box: the share of its pixels in each of ``bins**3`` colour cells.
-
-    Each pixel's cell (``r * bins**2 + g * bins + b`` with each 8-bit channel cut into ``bins`` equal ranges) is
-    one-hot encoded and RoI-averaged like :func:`box_colour_stats` (exact for pixel-aligned boxes whose sides are
-    multiples of ``samples``); the values of a box sum to 1.
-
-    Args:
-        images: uint8 ``[B, 3, H, W]``.
-        boxes: ``[B, K, 4]`` boxes in pixels ``(x1, y1, x2, y2)``.
-        bins: Bins per channel.
-        samples: Side of the RoI-align grid per box.
-        chunk: Images one-hot encoded at a time (``bins**3`` float planes each).
-
-    Returns:
-        ``[B, K, bins**3]``.
-    """
-    cells = (images.long() * bins) // 256  # (B, 3, H, W) in [0, bins)
-    code = cells[:, 0] * bins * bins + cells[:, 1] * bins + cells[:, 2]  # (B, H, W)
-    out = []
-    for lo in range(0, images.shape[0], chunk):
-        onehot = torch.nn.functional.one_hot(code[lo:lo + chunk], bins ** 3).permute(0, 3, 1, 2).float()
-        out.append(roi_mean_pool(onehot, boxes[lo:lo + chunk], spatial_scale=1.0, output_size=samples))
-    return torch.cat(out)
 
 
 class GridExtractor(Extractor):

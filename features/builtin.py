@@ -61,7 +61,7 @@ def _complete(store: Path) -> bool:
 
 
 def builtin_store(split: str, cache_dir: str | os.PathLike[str] | None = None, backend: str = "auto", *,
-                  is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> Path:
+                  is_main: bool = True, barrier: Callable[[], None] = lambda: None, progress: bool = True) -> Path:
     """The easy-VQA feature store of ``split``, extracted on first use (by the main rank) and reused afterwards.
 
     Extraction runs under a forked torch RNG, so whether the cache existed never changes the caller's random draws
@@ -73,6 +73,7 @@ def builtin_store(split: str, cache_dir: str | os.PathLike[str] | None = None, b
         backend: ``auto`` (the measured default) or a backend name with its own defaults.
         is_main: this process extracts when the store is missing; the others wait at ``barrier``.
         barrier: a collective every process calls after the main one finished (``torch.distributed`` barrier).
+        progress: draw the extraction's progress bar.
     """
     out = builtin_store_path(split, cache_dir if cache_dir else default_cache_dir(), backend)
     if not _complete(out):
@@ -83,7 +84,7 @@ def builtin_store(split: str, cache_dir: str | os.PathLike[str] | None = None, b
             logger.warning("extracting built-in features: easy-vqa:%s with %s %s into %s (first use only)",
                            split, name, options, out)
             with torch.random.fork_rng(devices=[]):
-                extract(f"easy-vqa:{split}", out, name, options, part=(0, 1), device="cpu", progress=True)
+                extract(f"easy-vqa:{split}", out, name, options, part=(0, 1), device="cpu", progress=progress)
         barrier()
     return out
 
@@ -91,7 +92,8 @@ def builtin_store(split: str, cache_dir: str | os.PathLike[str] | None = None, b
 def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "", eval_features: str = "",
                    cache_dir: str | os.PathLike[str] | None = None, backend: str = "auto", train_split: str = "train",
                    eval_split: str = "test", need_train: bool = True, need_eval: bool = True, what: str = "the data",
-                   is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> tuple[Path | None, Path | None]:
+                   is_main: bool = True, barrier: Callable[[], None] = lambda: None, progress: bool = True
+                   ) -> tuple[Path | None, Path | None]:
     """The feature stores of a run: ``(train store, held-out store)``; the one rule of every command.
 
     * training: ``features`` when given; else the built-in store of ``train_split`` when the training data is built
@@ -104,6 +106,7 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
             ``vlm.data.easy_vqa.is_builtin``).
         need_train, need_eval: whether the run has training / held-out data at all (a store is None when not needed).
         what: the data spec, named in the error.
+        progress: draw the progress bar of a first-use extraction.
 
     Raises:
         FeaturesError: a store is needed and none was given for data that is not built in.
@@ -113,7 +116,8 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
         if features:
             train = Path(features)
         elif train_builtin:
-            train = builtin_store(train_split, cache_dir, backend, is_main=is_main, barrier=barrier)
+            train = builtin_store(train_split, cache_dir, backend, is_main=is_main, barrier=barrier,
+                                      progress=progress)
         else:
             raise FeaturesError(f"a feature store folder is needed for {what} (--features, data.features; "
                                 "vlm extract makes one)")
@@ -121,7 +125,8 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
         if eval_features:
             eval_ = Path(eval_features)
         elif eval_builtin and not features:
-            eval_ = builtin_store(eval_split, cache_dir, backend, is_main=is_main, barrier=barrier)
+            eval_ = builtin_store(eval_split, cache_dir, backend, is_main=is_main, barrier=barrier,
+                                   progress=progress)
         else:
             eval_ = train
     return (train if need_train else None), eval_

@@ -279,7 +279,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _import_tsv(args: argparse.Namespace) -> int:
-    from features.tsv import import_tsv
+    from features.tsv_import import import_tsv
 
     _setup_logging(args.quiet)
     manifest = import_tsv(args.tsv, args.out, shard_size=args.shard_size, on_error=args.on_error,

@@ -22,8 +22,14 @@ import torch
 
 from features.errors import BackendUnavailableError, FeaturesError, WeightsError
 from features.io import load_state_dict_file, torch_hub_cache_file
-from features.weights import (NO_WEIGHT_BACKENDS, init_random, isolated_rng, load_verified, missing_weights_message,
-                              weights_record)
+from features.weights import (
+    NO_WEIGHT_BACKENDS,
+    init_random,
+    isolated_rng,
+    load_verified,
+    missing_weights_message,
+    weights_record,
+)
 
 __all__ = ["Proposals", "TorchvisionDetector", "Detectron2Detector", "DETECTRON2_INSTALL", "check_detector_options",
            "pad_proposals"]

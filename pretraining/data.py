@@ -1,23 +1,17 @@
 """Pretraining data: texts (captions or questions with answers) joined by image id to a feature store, collated into
 :class:`vlm.Batch` with the pretraining targets.
 
-Text sources (each yields :class:`TextExample`):
+The texts (:class:`vlm.data.texts.TextExample` lists) are read by :func:`vlm.data.readers.read_texts`, the one reader
+of a ``--data`` spec: ``easy-vqa`` (built in; its features are extracted on first use into a cache folder and reused
+afterwards), ``easy-vqa-captions`` (built in), VQA v2, LXMERT's json list, COCO captions or a JSONL of texts; several
+sources joined by ``+`` (``easy-vqa+easy-vqa-captions``, the presets' default) are read one after another.
+``easy-vqa-captions`` stands in for the COCO/Visual Genome captions LXMERT pretrains on. easy-VQA has no captions, but
+each image's colour and shape are told by its own answers (:func:`vlm.data.easy_vqa.read_image_attributes`), so every
+image gets :data:`vlm.data.easy_vqa.CAPTION_TEMPLATES` ("a red circle", ...). Questions alone teach little grounding:
+"is there a red shape?" names a colour the image mostly does not have, so neither masked words nor image-text matching
+can be learnt from it; a caption's masked colour word can only be recovered from the image, and a mismatched caption
+is really false.
 
-* ``easy-vqa`` (built in): the ``easy_vqa`` package's questions and answers; its features are extracted on first use
-  into a cache folder and reused afterwards;
-* ``easy-vqa-captions`` (built in): captions of the same images, the stand-in for the COCO/Visual Genome captions
-  LXMERT pretrains on. easy-VQA has no captions, but each image's colour and shape are told by its own answers
-  (:func:`vlm.data.easy_vqa.read_image_attributes`), so every image gets
-  :data:`vlm.data.easy_vqa.CAPTION_TEMPLATES` ("a red circle", ...). Questions alone teach little grounding: "is
-  there a red shape?" names a colour the image mostly does not have, so neither masked words nor image-text matching
-  can be learnt from it; a caption's masked colour word can
-  only be recovered from the image, and a mismatched caption is really false;
-* VQA v2: the official questions json (``{"questions": [{image_id, question, question_id}]}``) with its annotations
-  json (``{"annotations": [{question_id, answers: [{answer}], ...}]}``);
-* COCO captions: ``{"annotations": [{image_id, caption}]}``;
-* JSONL: one ``{"image_id", "text", "answers"?}`` per line.
-
-Several sources joined by ``+`` (``easy-vqa+easy-vqa-captions``, the presets' default) are read one after another.
 The QA objective's answer table and soft targets follow the one answer rule of :mod:`vlm.data.vqa` (normalised
 answers; one given answer scores 1.0; ten human answers use ``data.soft_score_rule``), the rule fine-tuning uses, so
 every pretraining QA row carries over to a fine-tuning table built from the same answers.
@@ -35,105 +29,22 @@ import copy
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vlm.batch import Batch
-from vlm.data import easy_vqa
-from vlm.data.collate import TokenTable, join_to_store, regions_of
-from vlm.data.vqa import AnswerVocab, VQAExample, answer_scores, read_vqa_v2
-from vlm.errors import DataError
-from vlm.io import jsonl_rows, read_json
 from pretraining.masking import IGNORE, MaskingConfig, mask_regions, mask_tokens
 from pretraining.negatives import MatchingConfig, swap_variants
+from vlm.batch import Batch
+from vlm.data.collate import TokenTable, join_to_store, pad_regions, regions_of
+from vlm.data.texts import TextExample
+from vlm.data.vqa import AnswerVocab, answer_scores
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class TextExample:
-    """One text about one image; ``answers`` holds the given answers when the text is a question."""
-
-    image_id: str
-    text: str
-    answers: list[str] | None = None
-
-
-# ------------------------------------------------------------------------------------------------------- readers
-
-
-def _text(value: Any, where: str, field_name: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{where}: field {field_name!r} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _from_vqa(examples: list[VQAExample]) -> list[TextExample]:
-    return [TextExample(e.image_id, e.question, list(e.answers) or None) for e in examples]
-
-
-def read_jsonl(path: str | Path) -> list[TextExample]:
-    """One ``{"image_id", "text", "answers"?}`` object a line."""
-    out = []
-    for where, row in jsonl_rows(path):
-        if "image_id" not in row:
-            raise DataError(f"{where}: expected an object with 'image_id' and 'text', got {str(row)[:80]!r}")
-        answers = row.get("answers")
-        if answers is not None and not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
-            raise DataError(f"{where}: 'answers' must be a list of strings, got {answers!r}")
-        out.append(TextExample(str(row["image_id"]), _text(row.get("text"), where, "text"), answers or None))
-    return out
-
-
-def read_coco_captions(path: str | Path) -> list[TextExample]:
-    """COCO captions json: ``{"annotations": [{image_id, caption}]}``."""
-    path = Path(path)
-    data = read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise DataError(f"{path}: expected COCO captions json with an 'annotations' list")
-    out = []
-    for n, row in enumerate(data["annotations"]):
-        where = f"{path}, annotations[{n}]"
-        if not isinstance(row, dict) or "image_id" not in row:
-            raise DataError(f"{where}: expected {{'image_id', 'caption'}}, got {row!r:.80}")
-        out.append(TextExample(str(row["image_id"]), _text(row.get("caption"), where, "caption")))
-    return out
-
-
-def read_texts(spec: str, split: str = "train") -> list[TextExample]:
-    """Texts from ``spec``: ``easy-vqa``; ``easy-vqa-captions``; a ``.jsonl`` file; a COCO captions json; or
-    ``QUESTIONS.json,ANNOTATIONS.json`` (VQA v2). A plain ``.json`` with ``questions`` is VQA v2 without answers.
-    Sources joined by ``+`` are read in turn and concatenated."""
-    if "+" in spec:
-        return [e for part in spec.split("+") for e in read_texts(part, split)]
-    texts = _read_one(spec, split)
-    if not texts:
-        raise DataError(f"{spec}: no texts in the data (an empty file or list)")
-    return texts
-
-
-def _read_one(spec: str, split: str) -> list[TextExample]:
-    if spec == "easy-vqa":
-        return _from_vqa(easy_vqa.read_easy_vqa(split))
-    if spec == "easy-vqa-captions":
-        return [TextExample(image_id, text) for image_id, text in easy_vqa.captions(split)]
-    if "," in spec:
-        q, a = spec.split(",", 1)
-        return _from_vqa(read_vqa_v2(q, a))
-    path = Path(spec)
-    if path.suffix == ".jsonl":
-        return read_jsonl(path)
-    if path.suffix == ".json":
-        data = read_json(path)
-        if isinstance(data, dict) and "questions" in data:
-            return _from_vqa(read_vqa_v2(path, None))
-        return read_coco_captions(path)
-    raise DataError(f"{spec}: unknown text format; expected easy-vqa, easy-vqa-captions, a .jsonl file, a COCO "
-                    "captions .json, or QUESTIONS.json,ANNOTATIONS.json (VQA v2)")
+# ------------------------------------------------------------------------------------------------------- answers
 
 
 def answer_vocab(examples: list[TextExample], min_count: int = 1) -> AnswerVocab:
@@ -303,10 +214,8 @@ class PretrainData:
             mlm_labels[torch.from_numpy(matched == 0)] = IGNORE
         # --- regions: pad to the most regions, mask regions (donors from other images of the dataset)
         samples = [self._regions(self.images[c]) for c in self.image_code[indices]]
-        ks = np.array([s[0].shape[0] for s in samples])
-        k, d = int(ks.max()), samples[0][0].shape[1]
-        feats = np.zeros((b, k, d), dtype=np.float32)
-        boxes = np.zeros((b, k, 4), dtype=np.float32)
+        feats, boxes, region_mask = pad_regions([(f, bx) for f, bx, _ in samples])
+        k, d = feats.shape[1], feats.shape[2]
         donors = np.zeros((b, k, d), dtype=np.float32)
         u_reg = np.ones((b, k, 2), dtype=np.float32)
         obj = np.zeros((b, k), dtype=np.int64)
@@ -315,9 +224,8 @@ class PretrainData:
         attr_conf = np.zeros((b, k), dtype=np.float32)
         labels = "objects_id" in samples[0][2]
         attrs = "attrs_id" in samples[0][2]
-        for r, ((f, bx, meta), rng, i) in enumerate(zip(samples, rngs, indices)):
+        for r, ((f, _, meta), rng, i) in enumerate(zip(samples, rngs, indices)):
             kk = f.shape[0]
-            feats[r, :kk], boxes[r, :kk] = f, bx
             u_reg[r, :kk] = rng.random((kk, 2), dtype=np.float32)
             swap = (u_reg[r, :kk, 0] < cfg.region_prob) & (u_reg[r, :kk, 1] >= cfg.region_zero) & (
                 u_reg[r, :kk, 1] < cfg.region_zero + cfg.region_swap)
@@ -333,7 +241,6 @@ class PretrainData:
             if attrs:
                 attr[r, :kk] = meta["attrs_id"][:kk]
                 attr_conf[r, :kk] = meta["attrs_conf"][:kk]
-        region_mask = (np.arange(k)[None, :] < ks[:, None]).astype(np.int64)
         feats_t = torch.from_numpy(feats)
         masked_feats, selected = mask_regions(feats_t, torch.from_numpy(region_mask), torch.from_numpy(u_reg),
                                               torch.from_numpy(donors), cfg)

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlm.batch import Batch
-from vlm.models.tasks import PreTrainingOutput
 from pretraining.masking import IGNORE
+from vlm.batch import Batch
+from vlm.config import ConfigError
+from vlm.models.tasks import PreTrainingOutput
 
 OBJECTIVES: dict[str, type["Objective"]] = {}
 
@@ -182,7 +183,7 @@ class ImageQA(Objective):
 
     def forward(self, outputs: PreTrainingOutput, batch: Batch) -> torch.Tensor:
         if outputs.answer_logits is None:
-            raise ValueError("the qa objective needs a model with a QA head (model.num_answers > 0)")
+            raise ConfigError("the qa objective needs a model with a QA head (model.num_answers > 0)")
         rows = self._rows(batch)
         if not rows.any():
             return _zero(outputs.answer_logits)
@@ -203,7 +204,7 @@ def build_objectives(weights: dict[str, float]) -> dict[str, tuple[Objective, fl
     out = {}
     for name, w in weights.items():
         if name not in OBJECTIVES:
-            raise ValueError(f"unknown pretraining objective {name!r}; known: {', '.join(OBJECTIVES)}")
+            raise ConfigError(f"unknown pretraining objective {name!r}; known: {', '.join(OBJECTIVES)}")
         if w > 0:
             out[name] = (OBJECTIVES[name](), float(w))
     return out

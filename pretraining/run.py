@@ -19,20 +19,30 @@ import torch
 import vlm
 from features.builtin import resolve_stores
 from features.store import FeatureStore, extraction_record
-from vlm.config import (ConfigError, DataConfig, ModelConfig, TrainConfig, load_run_config, model_config, ranged,
-                        run_config_yaml)
-from vlm.data.easy_vqa import is_builtin
-from vlm.data.split import split_holdout
-from vlm.engine import distributed as D
-from vlm.engine.loader import eval_batches
-from vlm.engine.trainer import Trainer
-from vlm.engine.checkpoint import prepare_run_dir
-from vlm.io import published_dir, write_text
-from pretraining.data import PretrainData, answer_vocab, read_texts
+from pretraining.data import PretrainData, answer_vocab
 from pretraining.masking import MaskingConfig
 from pretraining.negatives import MatchingConfig
 from pretraining.objectives import build_objectives
 from pretraining.task import PretrainTask
+from vlm.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    load_run_config,
+    model_config,
+    ranged,
+    run_config_yaml,
+)
+from vlm.data.easy_vqa import is_builtin
+from vlm.data.readers import read_texts
+from vlm.data.split import split_holdout
+from vlm.engine import distributed as D
+from vlm.engine.loader import eval_batches
+from vlm.engine.run import RunContext, start_run
+from vlm.engine.trainer import Trainer
+from vlm.io import write_text
+from vlm.models.folder import save_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -111,50 +121,75 @@ def pretrain(cfg: PretrainConfig, *, out_dir: str | Path | None = None, resume: 
         overwrite: replace the run already in ``out_dir`` (without it, or ``resume``, such a folder is refused).
         dist: rank and world size (the CLI reads them from torchrun's environment).
     """
-    device = D.start(dist, cfg.train.device, cfg.train.seed)  # device, process group and the seed: once, here
-    prepare_run_dir(out_dir or cfg.train.out_dir, resume=resume, overwrite=overwrite, is_main=dist.is_main)
-    D.barrier()
-    return PretrainRun(cfg, device=device, out_dir=out_dir, dist=dist, show_progress=show_progress).run(resume)
+    return prepare_pretraining(cfg, out_dir=out_dir, resume=resume, overwrite=overwrite, dist=dist,
+                               show_progress=show_progress).run()
 
 
-class PretrainRun:
-    """A pretraining run assembled from its config: data, model, objectives and the engine's trainer.
+def prepare_pretraining(cfg: PretrainConfig, *, out_dir: str | Path | None = None, resume: str | bool | None = None,
+                        overwrite: bool = False, dist: D.DistInfo = D.DistInfo(), show_progress: bool = True
+                        ) -> PretrainRun:
+    """Everything :func:`pretrain` does before training: start the run (:func:`vlm.engine.run.start_run`), read the
+    texts, resolve the feature stores (built-in ones extracted on first use), build the run."""
+    run = start_run(cfg.train, out_dir=out_dir, resume=resume, overwrite=overwrite, dist=dist)
+    texts = PretrainTexts.read(cfg.data)
+    train_store, eval_store = texts.stores(cfg.data, dist, show_progress)
+    return PretrainRun(cfg, run=run, texts=texts, train_store=train_store, eval_store=eval_store,
+                       show_progress=show_progress)
 
-    ``pretrain()`` is ``PretrainRun(cfg).run()``; the parts stay reachable (``.model``, ``.trainer``, ``.train_data``)
-    for notebooks and tests.
-    """
 
-    def __init__(self, cfg: PretrainConfig, *, device: torch.device, out_dir: str | Path | None = None,
-                 dist: D.DistInfo = D.DistInfo(), show_progress: bool = True) -> None:
-        self.cfg, self.dist = cfg, dist
-        run_dir = self.run_dir = Path(out_dir or cfg.train.out_dir)
-        cfg.train.out_dir = str(run_dir)
-        tokenizer = vlm.load_tokenizer()
-        d = cfg.data
-        train_texts = read_texts(d.texts, "train")
+@dataclass
+class PretrainTexts:
+    """The texts of a pretraining run: training texts, held-out texts and the spec they come from."""
+
+    train: list
+    eval: list
+    eval_spec: str  # "" when the held-out texts are training images held out (data.holdout_images) or none
+
+    @classmethod
+    def read(cls, d: PretrainDataConfig) -> PretrainTexts:
+        """``data.texts`` (split by ``data.holdout_images`` when set) and the held-out texts, then the limits."""
+        train = read_texts(d.texts, "train")
         if d.holdout_images:  # validation: images held out of the training texts replace the held-out data
-            train_texts, eval_texts = split_holdout(train_texts, d.holdout_images, d.texts)
+            train, held = split_holdout(train, d.holdout_images, d.texts)
             eval_spec = ""
         else:
             eval_spec = d.eval_texts or (d.texts if is_builtin(d.texts) else "")
-            eval_texts = read_texts(eval_spec, "test") if eval_spec else []
-        if d.train_limit:
-            train_texts = train_texts[:d.train_limit]
-        if d.eval_limit:
-            eval_texts = eval_texts[:d.eval_limit]
-        train_store_dir, eval_store_dir = resolve_stores(
-            train_builtin=is_builtin(d.texts), eval_builtin=is_builtin(eval_spec), features=d.features,
-            eval_features=d.eval_features, cache_dir=d.cache_dir, backend=d.backend, need_eval=bool(eval_texts),
-            what=d.texts, is_main=dist.is_main, barrier=D.barrier)
-        train_store = FeatureStore(train_store_dir)
-        answers = answer_vocab(train_texts, d.answer_min_count) if cfg.objectives.qa > 0 else None
-        train_data = PretrainData(train_texts, train_store, tokenizer, answers, cfg.masking, d.max_text_len,
+            held = read_texts(eval_spec, "test") if eval_spec else []
+        return cls(train=train[:d.train_limit or None], eval=held[:d.eval_limit or None], eval_spec=eval_spec)
+
+    def stores(self, d: PretrainDataConfig, dist: D.DistInfo, show_progress: bool = True
+               ) -> tuple[FeatureStore, FeatureStore | None]:
+        """The feature stores of the training and held-out texts (built-in ones extracted on first use)."""
+        train_dir, eval_dir = resolve_stores(
+            train_builtin=is_builtin(d.texts), eval_builtin=is_builtin(self.eval_spec), features=d.features,
+            eval_features=d.eval_features, cache_dir=d.cache_dir, backend=d.backend, need_eval=bool(self.eval),
+            what=d.texts, is_main=dist.is_main, barrier=D.barrier, progress=show_progress and dist.is_main)
+        train_store = FeatureStore(train_dir)
+        if not self.eval:
+            return train_store, None
+        return train_store, train_store if d.holdout_images or eval_dir == train_dir else FeatureStore(eval_dir)
+
+
+class PretrainRun:
+    """A pretraining run assembled from its config and its started run: data, model, objectives and the engine's
+    trainer. The constructor only wires (it creates no file); :meth:`run` trains and writes.
+
+    ``pretrain()`` starts the run, reads the texts, resolves the stores, then ``PretrainRun(...).run()``; the parts
+    stay reachable (``.model``, ``.trainer``, ``.train_data``) for notebooks and tests.
+    """
+
+    def __init__(self, cfg: PretrainConfig, *, run: RunContext, texts: PretrainTexts, train_store: FeatureStore,
+                 eval_store: FeatureStore | None = None, show_progress: bool = True) -> None:
+        self.cfg, self.dist, self.run_dir = cfg, run.dist, run.run_dir
+        tokenizer = vlm.load_tokenizer()
+        d = cfg.data
+        answers = answer_vocab(texts.train, d.answer_min_count) if cfg.objectives.qa > 0 else None
+        train_data = PretrainData(texts.train, train_store, tokenizer, answers, cfg.masking, d.max_text_len,
                                   cfg.train.seed, name="train", soft_score_rule=d.soft_score_rule,
                                   matching=cfg.matching)
         eval_data = eval_clean = None
-        if eval_texts:
-            eval_store = train_store if d.holdout_images else FeatureStore(eval_store_dir)
-            eval_data = PretrainData(eval_texts, eval_store, tokenizer, answers, cfg.masking,
+        if texts.eval and eval_store is not None:
+            eval_data = PretrainData(texts.eval, eval_store, tokenizer, answers, cfg.masking,
                                      d.max_text_len, cfg.train.seed + 1, name="eval",
                                      soft_score_rule=d.soft_score_rule, matching=cfg.matching)
             eval_clean = eval_data.unmasked()
@@ -165,7 +200,7 @@ class PretrainRun:
         off = [f"region_{k}" for k in ("obj", "attr") if weights[f"region_{k}"] > 0 and k not in labels]
         if off:
             logger.warning("objective(s) %s off: the feature store %s has no detector labels", ", ".join(off),
-                           train_store_dir)
+                           train_store.directory)
             weights.update({name: 0.0 for name in off})
         model_overrides = dict(cfg.model)
         model_overrides.update(visual_feat_dim=train_store.feature_dim, num_answers=len(answers or ()),
@@ -175,26 +210,24 @@ class PretrainRun:
             model_overrides["num_object_labels"] = labels["obj"]
         if "attr" in labels:
             model_overrides["num_attr_labels"] = labels["attr"]
-        mc = model_config(cfg.preset, model_overrides)
-        model = vlm.models.tasks.VLMForPreTraining(mc)  # initialised from the run's seed (set once by pretrain())
-        if mc.text_init:
-            vlm.load_text_weights(model, mc.text_init)
+        model = vlm.create_model(cfg.preset, task="pretraining", **model_overrides)  # from the run's seed
         objectives = build_objectives(weights)
-        reducer = D.mean_across_ranks if dist.enabled else None
+        reducer = D.mean_across_ranks if run.dist.enabled else None
         task = PretrainTask(model, objectives, count_reducer=reducer, match_kinds=cfg.matching.kinds())
 
         def evaluate(t: PretrainTask) -> dict[str, float]:
-            return evaluate_pretraining(t, eval_data, cfg.train.batch_size, dist, device, clean=eval_clean)
+            return evaluate_pretraining(t, eval_data, cfg.train.batch_size, run.dist, run.device, clean=eval_clean)
 
-        trainer = Trainer(task, train_data, cfg.train, save_model=model, run_dir=run_dir, dist=dist, device=device,
-                          evaluate=evaluate if eval_data is not None else None, run_config_yaml=cfg.to_yaml(),
-                          keep_last=cfg.train.keep_last, show_progress=show_progress)
+        self.trainer = Trainer(task, train_data, cfg.train, save_model=model, run=run,
+                               evaluate=evaluate if eval_data is not None else None, run_config_yaml=cfg.to_yaml(),
+                               keep_last=cfg.train.keep_last, show_progress=show_progress,
+                               max_text_len=d.max_text_len)
         self.model, self.train_data, self.eval_data, self.answers = model, train_data, eval_data, answers
-        self.objectives, self.trainer = objectives, trainer
+        self.objectives = objectives
 
-    def run(self, resume: str | bool | None = None) -> dict[str, Any]:
+    def run(self) -> dict[str, Any]:
         cfg, dist, run_dir = self.cfg, self.dist, self.run_dir
-        result = self.trainer.train(resume=resume)
+        result = self.trainer.train()
         mc = self.model.config
         summary = {"arch": mc.arch, "preset": cfg.preset, "run_dir": str(run_dir),
                    "objectives": sorted(self.objectives),
@@ -202,13 +235,9 @@ class PretrainRun:
                    "eval_data": dataclasses.asdict(self.eval_data.report) if self.eval_data else None,
                    "answers": self.answers.answers if self.answers else [], "world_size": dist.world_size, **result}
         if dist.is_main:
-            final = run_dir / "model"
-            with published_dir(final) as tmp:  # whole or not at all
-                self.model.save_pretrained(tmp)
-                if self.answers is not None:
-                    self.answers.save(tmp / "answers.json")
-                write_text(tmp / "features.json", json.dumps(extraction_record(self.train_data.store.manifest or {}),
-                                                            indent=2, default=str) + "\n")
+            final = save_model_folder(run_dir / "model", self.model, max_text_len=cfg.data.max_text_len,
+                                      answers=self.answers,
+                                      features=extraction_record(self.train_data.store.manifest or {}))
             summary["model"] = str(final)
             write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
         return summary

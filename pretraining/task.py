@@ -13,9 +13,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vlm.batch import Batch
-from vlm.models.tasks import PreTrainingOutput, VLMForPreTraining
 from pretraining.objectives import Objective
+from vlm.batch import Batch
+from vlm.config import ConfigError
+from vlm.models.tasks import PreTrainingOutput, VLMForPreTraining
 
 
 class PretrainTask(nn.Module):
@@ -36,7 +37,7 @@ class PretrainTask(nn.Module):
                  match_kinds: list[str] | None = None) -> None:
         super().__init__()
         if not objectives:
-            raise ValueError("PretrainTask needs at least one objective with a positive weight")
+            raise ConfigError("PretrainTask needs at least one objective with a positive weight")
         self.model = model
         self.objectives = nn.ModuleDict({k: obj for k, (obj, _) in objectives.items()})
         self.weights = {k: w for k, (_, w) in objectives.items()}

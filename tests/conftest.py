@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import vlm  # noqa: E402
+
 from vlm_testing import make_batch  # noqa: E402
 
 

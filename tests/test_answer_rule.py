@@ -11,9 +11,11 @@ import pytest
 import torch
 
 import vlm
-from downstream.finetune import build_model
-from pretraining.data import PretrainData, answer_vocab, read_texts
-from vlm.data.vqa import AnswerVocab, answer_targets, example_answers, read_vqa_v2
+from pretraining.data import PretrainData, answer_vocab
+from vlm.data.readers import read_texts
+from vlm.data.vqa import AnswerVocab, answer_targets, example_answers
+from vlm.data.vqa_formats import read_vqa_v2
+
 from vlm_testing import TINY_MODEL, OneRegionStore
 
 # Ten human answers per question, written as VQA v2 annotators write them.
@@ -78,7 +80,7 @@ def test_every_pretraining_row_carries_over_to_finetuning(tmp_path, vqa_v2):
     vocab.save(tmp_path / "pre" / "answers.json")
     # the fine-tuning table from the same answers, in another order (a new answer first, one answer missing)
     ft_vocab = AnswerVocab(["maybe"] + [a for a in reversed(vocab.answers) if a != "cat"])
-    model = build_model(str(tmp_path / "pre"), "vqa", {"num_answers": len(ft_vocab)}, ft_vocab)
+    model = vlm.create_model(tmp_path / "pre", task="vqa", labels=ft_vocab.answers)
     for i, answer in enumerate(ft_vocab.answers):
         j = vocab.encode(answer)
         if j is None:

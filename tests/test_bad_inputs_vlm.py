@@ -10,13 +10,13 @@ import os
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import vlm
 from vlm.cli import main
 from vlm.errors import CheckpointError, DataError, VLMError
+
 from vlm_testing import TINY, make_batch
 
 
@@ -251,7 +251,7 @@ DATA_CASES = [
 
 @pytest.mark.parametrize("name, text, kind, message", DATA_CASES)
 def test_bad_text_files_name_file_and_row(tmp_path, name, text, kind, message):
-    from pretraining.data import read_texts
+    from vlm.data.readers import read_texts
 
     path = tmp_path / name
     path.write_bytes(text.encode("latin-1"))

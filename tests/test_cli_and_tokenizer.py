@@ -9,6 +9,7 @@ import pytest
 
 import vlm
 from vlm.cli import main
+from vlm.errors import CheckpointError
 
 
 def test_vlm_models_lists_presets_with_parameter_counts(capsys):
@@ -51,7 +52,7 @@ def test_tokenizer_from_local_folder_and_offline_error(tmp_path):
     tok.save_pretrained(tmp_path / "tok")
     again = vlm.load_tokenizer(tmp_path / "tok")
     assert again("a red circle")["input_ids"] == tok("a red circle")["input_ids"]
-    with pytest.raises(OSError, match="not a local folder and not loadable"):
+    with pytest.raises(CheckpointError, match="not a local folder and not loadable"):
         vlm.load_tokenizer("no-such-org/no-such-tokenizer")
 
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import vlm
-from vlm.config import ConfigError, ModelConfig, TrainConfig, apply_overrides, model_config
+from vlm.config import ConfigError, ModelConfig, TrainConfig, apply_dict, model_config, override_dict
 
 
 @dataclass
@@ -14,6 +14,13 @@ class RunConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _overridden(cfg, overrides):
+    """``cfg`` with each ``KEY=VALUE`` override applied in turn, type-checked (as the run-config loader does)."""
+    for o in overrides:
+        apply_dict(cfg, override_dict(o))
+    return cfg
 
 
 def test_presets_have_published_shapes():
@@ -32,7 +39,7 @@ def test_presets_have_published_shapes():
 def test_dotted_overrides_win_and_are_typed():
     cfg = model_config("lxmert-base", ["model.x_layers=3", "hidden_dropout_prob=0", "text_init=null"])
     assert cfg.x_layers == 3 and cfg.hidden_dropout_prob == 0.0 and isinstance(cfg.hidden_dropout_prob, float)
-    run = apply_overrides(RunConfig(), ["train.lr=5e-5", "train.betas=[0.9, 0.98]", "model.arch=vilbert"])
+    run = _overridden(RunConfig(), ["train.lr=5e-5", "train.betas=[0.9, 0.98]", "model.arch=vilbert"])
     assert run.train.lr == 5e-5 and run.train.betas == (0.9, 0.98) and run.model.arch == "vilbert"
 
 
@@ -43,7 +50,7 @@ def test_dotted_overrides_win_and_are_typed():
         ("model.x_layers=three", "model.x_layers: expected int, got 'three'"),
         ("model.x_layers=2.5", "model.x_layers: expected int"),
         ("model.visual_obj_loss=1", "model.visual_obj_loss: expected bool"),
-        ("model.arch=transformer", "model.arch: expected one of ['lxmert', 'vilbert']"),
+        ("model.arch=transformer", "model.arch: expected one of lxmert, vilbert, got 'transformer'"),
         ("model.hidden_size=100", "must be a multiple of model.num_attention_heads"),
         ("x_layers", "expected KEY=VALUE"),
     ],
@@ -56,9 +63,9 @@ def test_bad_overrides_name_the_key(override, needle):
 
 def test_train_section_errors_name_the_key():
     with pytest.raises(ConfigError, match="unknown config key 'train.learning_rate'.*allowed keys:.*lr"):
-        apply_overrides(RunConfig(), ["train.learning_rate=1e-4"])
+        _overridden(RunConfig(), ["train.learning_rate=1e-4"])
     with pytest.raises(ConfigError, match=r"train.betas: expected a list of 2 values"):
-        apply_overrides(RunConfig(), ["train.betas=0.9"])
+        _overridden(RunConfig(), ["train.betas=0.9"])
 
 
 def test_unknown_preset_lists_available():

@@ -5,10 +5,12 @@ import pytest
 import torch
 from torch import nn
 from transformers import LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering, LxmertModel
-from vlm_testing import TINY_MODEL, make_batch
 
 import vlm
 from vlm import convert
+from vlm.convert import rules
+
+from vlm_testing import TINY_MODEL, make_batch
 
 ATOL = 1e-5
 # TINY_MODEL (hidden 32, 4 heads, 1/1/1 layers, no dropout) plus the sizes make_batch() fits.
@@ -280,7 +282,7 @@ def test_parity_detects_a_swapped_qkv_slot_though_the_round_trip_does_not(monkey
     """Export reads the import table: swapping query and key there breaks parity, while vlm → HF → vlm (both ways
     through the same wrong table) stays exact, which is why the parity tests, not the round trips, prove the mapping."""
     m = tiny("vqa", num_answers=7)
-    monkeypatch.setattr(convert, "_QKV", {"query": 1, "key": 0, "value": 2})
+    monkeypatch.setattr(rules, "_QKV", {"query": 1, "key": 0, "value": 2})
     hf = vlm.to_transformers(m)
     with pytest.raises(AssertionError, match="max abs diff"):
         check_vqa(m, hf, make_batch())

@@ -58,6 +58,7 @@ def test_finetune_and_pretrain_validate_on_held_out_training_images(tmp_path, ea
     from features.store import FeatureStore
     from pretraining.run import load_pretrain_config, pretrain
     from vlm.data.easy_vqa import read_easy_vqa
+
     from vlm_testing import TINY_MODEL
 
     train_store = easy_vqa_stores[0]

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import vlm
-from vlm_testing import TINY, make_batch
 from vlm.errors import CheckpointError
 from vlm.models import LxmertEncoder, SingleStreamEncoder
+
+from vlm_testing import TINY, make_batch
 
 PRESETS = vlm.list_models()
 
@@ -265,7 +266,7 @@ def test_cross_init_text_starts_region_and_cross_layers_from_the_text_layers():
     assert eq(enc.cross_layers[1].region_ffn, last.ffn) and eq(enc.cross_layers[0].text_ffn, enc.text_layers[4].ffn)
     plain = vlm.create_model("lxmert-mini", task="vqa", num_answers=3, text_init="all-minilm-l6-v2")
     assert not eq(plain.encoder.region_layers[0], plain.encoder.text_layers[0])
-    with pytest.raises(vlm.ConfigError, match="model.cross_init: expected 'random' or 'text', got 'bert'"):
+    with pytest.raises(vlm.ConfigError, match="model.cross_init: expected one of random, text, got 'bert'"):
         vlm.create_model("lxmert-mini", cross_init="bert")
 
 
@@ -287,5 +288,5 @@ def test_classifier_head_mlp_by_default_linear_on_request_and_for_older_checkpoi
     (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
     again = vlm.from_pretrained(tmp_path / "old").eval()
     torch.testing.assert_close(again(b).logits, lin.eval()(b).logits, atol=0, rtol=0)
-    with pytest.raises(vlm.ConfigError, match="model.classifier_head: expected 'mlp' or 'linear', got 'deep'"):
+    with pytest.raises(vlm.ConfigError, match="model.classifier_head: expected one of mlp, linear, got 'deep'"):
         vlm.create_model("lxmert-mini", task="classification", classifier_head="deep")

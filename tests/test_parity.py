@@ -2,11 +2,21 @@
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForPreTraining, BertModel, LxmertConfig, LxmertForPreTraining,
-                          LxmertForQuestionAnswering, LxmertModel)
+from transformers import (
+    BertConfig,
+    BertForPreTraining,
+    BertModel,
+    LxmertConfig,
+    LxmertForPreTraining,
+    LxmertForQuestionAnswering,
+    LxmertModel,
+)
 
 import vlm
-import vlm.convert as convert
+from vlm.convert import rules
+from vlm.errors import CheckpointError
+from vlm.models.text_init import bert_path
+
 from vlm_testing import make_batch
 
 ATOL = 1e-5
@@ -127,7 +137,7 @@ def test_unmatched_keys_are_named_and_strict_fails(hf_pretraining):
 
 def test_parity_test_detects_a_misplaced_weight(hf_pretraining, monkeypatch):
     """Sanity of the parity test itself: swapping query and key in the import breaks it."""
-    monkeypatch.setattr(convert, "_QKV", {"query": 1, "key": 0, "value": 2})
+    monkeypatch.setattr(rules, "_QKV", {"query": 1, "key": 0, "value": 2})
     m = vlm.from_transformers(hf_pretraining)
     with pytest.raises(AssertionError, match="max abs diff"):
         check_pretraining(hf_pretraining, m, make_batch())
@@ -135,9 +145,9 @@ def test_parity_test_detects_a_misplaced_weight(hf_pretraining, monkeypatch):
 
 def test_swapped_stream_mapping_is_detected(hf_pretraining, monkeypatch):
     """Swapping the language and visual FFNs of the cross layers is caught as well."""
-    rules = [(p.replace("lang_inter", "TMP").replace("visn_inter", "lang_inter").replace("TMP", "visn_inter"), o, q)
-             for p, o, q in convert._LXMERT_XLAYER]
-    monkeypatch.setattr(convert, "_LXMERT_XLAYER", rules)
+    swapped = [(p.replace("lang_inter", "TMP").replace("visn_inter", "lang_inter").replace("TMP", "visn_inter"), o, q)
+               for p, o, q in rules._LXMERT_XLAYER]
+    monkeypatch.setattr(rules, "_LXMERT_XLAYER", swapped)
     m = vlm.from_transformers(hf_pretraining)
     with pytest.raises(AssertionError, match="max abs diff"):
         check_pretraining(hf_pretraining, m, make_batch())
@@ -185,7 +195,7 @@ def test_bert_for_pretraining_heads_into_single_stream():
 
 @pytest.fixture(scope="module")
 def minilm():
-    path = convert.bert_path("all-minilm-l6-v2")
+    path = bert_path("all-minilm-l6-v2")
     ref = BertModel.from_pretrained(str(path), attn_implementation="eager").eval()
     tok = vlm.load_tokenizer()
     enc = tok(SENTENCES, padding=True, return_tensors="pt")
@@ -222,7 +232,7 @@ def test_minilm_weights_reproduce_hidden_states_lxmert(minilm):
 
 
 def test_text_init_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a local folder and not 'all-minilm-l6-v2'"):
+    with pytest.raises(CheckpointError, match="not a local folder and not 'all-minilm-l6-v2'"):
         vlm.create_model("lxmert-mini", text_init="bert-base-uncased")
     with pytest.raises(ValueError, match="has 6 layers but the model's text side has 9"):
         vlm.create_model("lxmert-mini", text_init="all-minilm-l6-v2", l_layers=9)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from vlm_testing import TINY_MODEL, make_batch
 
 import vlm
 from vlm.engine.trainer import linear_schedule, param_groups
+
+from vlm_testing import TINY_MODEL, make_batch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "peer_easy_vqa.py"
 TINY = [f"model.{k}={'null' if v is None else v}" for k, v in TINY_MODEL.items()]

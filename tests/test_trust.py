@@ -18,6 +18,7 @@ import pytest
 
 import vlm
 from vlm.cli import build_parser, main, split_overrides
+
 from vlm_testing import TINY_MODEL
 
 FIX = Path(__file__).parent / "downstream" / "fixtures"
@@ -196,7 +197,7 @@ def test_predict_says_when_the_question_is_truncated(tmp_path, easy_vqa_stores, 
     question = "what color is the shape " * 2000
     assert main(["predict", "--checkpoint", str(out / "model"), "--image", easy_vqa.get_test_image_paths()[0],
                  "--question", question, "--top-k", "2"]) == 0
-    assert "the question was truncated to the model's 512 text positions" in capsys.readouterr().out
+    assert "the question was truncated to the 40 tokens the model was trained with" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name, text", [("empty.jsonl", ""), ("blank.jsonl", "\n\n")])
@@ -212,7 +213,7 @@ def test_an_empty_data_file_is_named(tmp_path, easy_vqa_stores, name, text, caps
 
 
 def test_soft_scores_outside_zero_one_are_refused_naming_file_and_row(tmp_path):
-    from vlm.data.vqa import read_lxmert_json
+    from vlm.data.vqa_formats import read_lxmert_json
     from vlm.errors import DataError
 
     rows = json.loads((FIX / "lxmert_vqa.json").read_text())

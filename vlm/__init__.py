@@ -6,6 +6,8 @@ Public API::
     vlm.list_models()                                   # preset names
     model = vlm.create_model("lxmert-mini", task="vqa", num_answers=13, text_init="all-minilm-l6-v2")
     model.save_pretrained("ckpt/"); model = vlm.from_pretrained("ckpt/")
+    model = vlm.create_model("runs/pretrain-lxmert/model", task="vqa", labels=answers)  # a folder, re-headed
+    vlm.describe("runs/finetune-lxmert-vqa/model")      # task, arch, text length, labels, features: no weights
     model = vlm.from_transformers(hf_lxmert_for_pretraining)
     hf = vlm.to_transformers(model)                    # LxmertModel / ...ForPreTraining / ...ForQuestionAnswering
     tok = vlm.load_tokenizer()
@@ -13,12 +15,12 @@ Public API::
 
 from __future__ import annotations
 
-from typing import Any
-
 from vlm.batch import Batch, EncoderOutput
 from vlm.config import ConfigError, DataConfig, ModelConfig, TrainConfig, list_presets, model_config
-from vlm.convert import from_transformers, load_text_weights, to_transformers
-from vlm.models.tasks import TASKS, VLMModel, from_pretrained, model_class
+from vlm.convert import from_transformers, to_transformers
+from vlm.models.folder import create_model, describe, from_pretrained, load_model_folder
+from vlm.models.tasks import TASKS, VLMModel, model_class
+from vlm.models.text_init import load_text_weights
 from vlm.tokenizer import load_tokenizer
 
 __version__ = "0.1.0"
@@ -27,22 +29,6 @@ __version__ = "0.1.0"
 def list_models() -> list[str]:
     """Names of the model presets in ``configs/model``."""
     return list_presets("model")
-
-
-def create_model(name: str, task: str = "encoder", **overrides: Any) -> VLMModel:
-    """Build a model from a preset name (or a YAML file) with config overrides.
-
-    Args:
-        name: preset name from :func:`list_models` or a path to a model YAML.
-        task: ``encoder``, ``pretraining``, ``vqa`` or ``classification``.
-        **overrides: model config fields, e.g. ``x_layers=3``, ``num_answers=13``, ``visual_feat_dim=768``,
-            ``text_init="all-minilm-l6-v2"`` (load that BERT's weights into the text side).
-    """
-    cfg = model_config(name, overrides)
-    model = model_class(task)(cfg)
-    if cfg.text_init:
-        load_text_weights(model, cfg.text_init)
-    return model
 
 
 __all__ = [
@@ -55,11 +41,14 @@ __all__ = [
     "TrainConfig",
     "VLMModel",
     "create_model",
+    "describe",
     "from_pretrained",
     "from_transformers",
     "list_models",
+    "load_model_folder",
     "load_text_weights",
     "load_tokenizer",
+    "model_class",
     "model_config",
     "to_transformers",
 ]

@@ -138,14 +138,43 @@ class Batch:
 
 @dataclass
 class EncoderOutput:
-    """What both encoders return.
+    """What both encoders return; the optional fields are filled on request, as transformers' ``output_attentions``
+    and ``output_hidden_states`` (``encoder(batch, output_attentions=True, output_hidden_states=True)``).
 
     Attributes:
         text_states: final text-stream states ``[B, T, H]`` aligned with ``input_ids``.
         region_states: final region states ``[B, K, H]`` aligned with ``region_feats``.
         pooled: the cross-modality ``[CLS]`` vector ``[B, H]`` (tanh pooler).
+        attentions: with ``output_attentions``: one tensor ``[B, nh, T, K]`` (float32) per layer in which text attends
+            to regions, first layer first: each text query's (``[CLS]`` and the words, in ``input_ids`` order)
+            attention distribution over the regions ``v1..vK``, per head, before attention dropout. LXMERT: one per
+            cross-modality layer, its text→region cross-attention (none when ``x_layers`` is 0). Single stream: one
+            per layer, the text tokens' rows of the self-attention at the region tokens, renormalised over the
+            regions (the share of the row the regions held is in ``region_attention_mass``). Each row sums to 1
+            when the sample has a real region, and padded regions get ~0 (exactly 0 unless every region is padded).
+            A sample without real regions gets no NaN: LXMERT gives its uniform ``1/K`` over the padded regions
+            (what its cross-attention really does with an all-masked key set); the single stream gives all-zero
+            rows (its ``[IMG]``, regions and region ``[SEP]`` are all masked, no attention reaches them). With
+            ``K = 0``, ``[B, nh, T, 0]``.
+        region_attention_mass: single stream, with ``output_attentions``: per entry of ``attentions``, ``[B, nh, T]``
+            (float32), the share of each text query's attention (per head) that went to the regions before the
+            renormalisation. None when all of it goes to the regions (LXMERT's cross-attention). Weighting the heads
+            by it gives the head average of the full attention, restricted to the regions and renormalised
+            (:func:`vlm.models.attention.region_attention`).
+        text_hidden_states: with ``output_hidden_states``: the text states ``[B, T, H]`` after each layer, without
+            the embedding output (as transformers' LXMERT ``language_hidden_states``; its BERT's ``hidden_states``
+            start with the embeddings). LXMERT: after each language layer, then after each cross-modality layer;
+            single stream: after each layer, the ``[CLS]`` and word positions. The last one is ``text_states``.
+        region_hidden_states: with ``output_hidden_states``: the region states ``[B, K, H]`` after each layer.
+            LXMERT: after each object-relationship layer, then after each cross-modality layer (as transformers'
+            ``vision_hidden_states``); single stream: after each layer, the ``v1..vK`` positions. The last one is
+            ``region_states``.
     """
 
     text_states: torch.Tensor
     region_states: torch.Tensor
     pooled: torch.Tensor
+    attentions: tuple[torch.Tensor, ...] | None = None
+    region_attention_mass: tuple[torch.Tensor, ...] | None = None
+    text_hidden_states: tuple[torch.Tensor, ...] | None = None
+    region_hidden_states: tuple[torch.Tensor, ...] | None = None

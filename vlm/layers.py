@@ -1,11 +1,12 @@
 """Building blocks shared by both encoders: BERT embeddings, the region encoder, attention, FFN and layers.
 
 Every block is post-LayerNorm, as in BERT (Devlin et al., 2019) and LXMERT (Tan & Bansal, 2019). Attention goes through
-``torch.nn.functional.scaled_dot_product_attention``; self-attention uses one fused QKV projection.
+``torch.nn.functional.scaled_dot_product_attention``; self-attention uses one fused QKV projection. With
+``output_attentions=True`` the attention layers also return their attention probabilities, computed on the side by
+:meth:`Attention.probs` from the same queries and keys: the layer outputs stay bit-identical either way.
 """
 
 from __future__ import annotations
-
 
 import contextlib
 
@@ -15,6 +16,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vlm.config import ModelConfig
+from vlm.errors import DataError
 
 _ACTS = {
     "gelu": lambda x: F.gelu(x),
@@ -66,7 +68,7 @@ class TextEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         t = input_ids.shape[1]
         if t > self.max_positions:
-            raise ValueError(f"text of {t} tokens is longer than max_position_embeddings={self.max_positions}")
+            raise DataError(f"text of {t} tokens is longer than max_position_embeddings={self.max_positions}")
         pos = self.position.weight[:t]  # (T, H), broadcast over the batch
         x = self.word(input_ids) + pos + self.token_type(token_type_ids)
         return self.drop(self.norm(x))
@@ -103,7 +105,8 @@ class Attention(nn.Module):
 
     One fused ``qkv`` projection. Cross-attention uses ``project`` on both streams and ``attend`` with the queries of
     one and the keys/values of the other (LXMERT shares one cross-attention module for both directions, so every
-    projection of both streams is needed and each stream takes one GEMM).
+    projection of both streams is needed and each stream takes one GEMM). :meth:`probs` gives the attention
+    probabilities, which SDPA never materialises.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -133,9 +136,28 @@ class Attention(nn.Module):
         ctx = ctx.transpose(1, 2).reshape(b, s, h)
         return self.norm(x + self.drop(self.out(ctx)))
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """Self-attention of ``x`` ``[B, S, H]``; ``bias`` is ``[B, 1, 1, S]``."""
-        return self.attend(x, *self.project(x), bias)
+    @staticmethod
+    def probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Attention probabilities ``softmax(q k^T / sqrt(hd) + bias)`` ``[B, nh, Sq, Sk]``, in float32 (autocast off).
+
+        What :meth:`attend`'s SDPA computes inside, before attention dropout; a separate computation, so asking for
+        it changes nothing in the layer's output. A query whose keys are all masked gets uniform weights (see
+        :func:`key_padding_bias`).
+        """
+        with torch.autocast(q.device.type, enabled=False):
+            scores = (q.float() @ k.float().transpose(-1, -2)) / q.shape[-1] ** 0.5
+            if bias is not None:
+                scores = scores + bias.float()
+            return scores.softmax(-1)
+
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, output_attentions: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Self-attention of ``x`` ``[B, S, H]``; ``bias`` is ``[B, 1, 1, S]``. With ``output_attentions``, also the
+        probabilities ``[B, nh, S, S]`` (float32, :meth:`probs`)."""
+        q, k, v = self.project(x)
+        out = self.attend(x, q, k, v, bias)
+        return (out, self.probs(q, k, bias)) if output_attentions else out
 
 
 class FeedForward(nn.Module):
@@ -161,8 +183,14 @@ class TransformerLayer(nn.Module):
         self.attn = Attention(cfg)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return self.ffn(self.attn(x, bias))
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, output_attentions: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``[B, S, H]`` → ``[B, S, H]``; with ``output_attentions``, also the self-attention ``[B, nh, S, S]``."""
+        if not output_attentions:
+            return self.ffn(self.attn(x, bias))
+        x, probs = self.attn(x, bias, output_attentions=True)
+        return self.ffn(x), probs
 
 
 class CrossModalLayer(nn.Module):
@@ -177,14 +205,19 @@ class CrossModalLayer(nn.Module):
         self.region_ffn = FeedForward(cfg)
 
     def forward(
-        self, text: torch.Tensor, text_bias: torch.Tensor, region: torch.Tensor, region_bias: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, text: torch.Tensor, text_bias: torch.Tensor, region: torch.Tensor, region_bias: torch.Tensor,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """``(text, region)`` states; with ``output_attentions``, also the text→region cross-attention
+        ``[B, nh, T, K]`` (float32, :meth:`Attention.probs`) as a third element."""
         qt, kt, vt = self.cross.project(text)
         qr, kr, vr = self.cross.project(region)
         t = self.cross.attend(text, qt, kr, vr, region_bias)  # text queries over regions
         r = self.cross.attend(region, qr, kt, vt, text_bias)  # region queries over text
         t = self.text_ffn(self.text_self(t, text_bias))
         r = self.region_ffn(self.region_self(r, region_bias))
+        if output_attentions:
+            return t, r, self.cross.probs(qt, kr, region_bias)
         return t, r
 
 

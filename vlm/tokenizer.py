@@ -6,6 +6,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
+from vlm.errors import CheckpointError
 from vlm.io import minilm_path
 
 
@@ -29,11 +30,11 @@ def load_tokenizer(name_or_path: str | Path | None = None) -> PreTrainedTokenize
         try:
             return AutoTokenizer.from_pretrained(str(path), use_fast=True)
         except (OSError, ValueError) as e:
-            raise OSError(f"{path}: not a transformers tokenizer folder ({e})") from None
+            raise CheckpointError(f"{path}: not a transformers tokenizer folder ({e})") from None
     try:
         return AutoTokenizer.from_pretrained(str(name_or_path), use_fast=True)
     except OSError as e:
-        raise OSError(
+        raise CheckpointError(
             f"tokenizer {str(name_or_path)!r}: not a local folder and not loadable from the hub or its cache "
             f"(offline?). Pass a local folder, or None for the built-in bert-base-uncased vocabulary. ({e})"
         ) from None

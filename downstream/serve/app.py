@@ -74,7 +74,7 @@ class PredictResponse(BaseModel):
     regions: list[Region]
     image: ImageInfo
     image_key: str = Field(description="same as image.key")
-    truncated: bool = Field(description="the question was cut to the model's text positions")
+    truncated: bool = Field(description="the question was cut to the text length the model was trained with")
     question_tokens: int = Field(description="tokens the model saw, [CLS] and [SEP] included")
     max_question_tokens: int
     batch_size: int = Field(description="requests answered by the same forward pass")

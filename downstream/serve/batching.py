@@ -6,7 +6,8 @@ hands the batch to ``run_batch``, which sets each job's future. Under load the q
 batches grow by themselves; an idle service answers a lone request after at most ``wait_s`` of waiting.
 
 The queue is bounded: a job that does not fit is refused at once (the caller answers 503) rather than waiting
-behind an unbounded backlog. :meth:`MicroBatcher.close` refuses new jobs, finishes the ones queued, then stops.
+behind an unbounded backlog. :meth:`MicroBatcher.start` starts the worker (the constructor starts no thread);
+:meth:`MicroBatcher.close` refuses new jobs, finishes the ones queued, then stops.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ J = TypeVar("J", bound=HasFuture)
 
 
 class MicroBatcher(Generic[J]):
-    """One worker thread running ``run_batch`` over batches of at most ``max_batch`` queued jobs.
+    """One worker thread running ``run_batch`` over batches of at most ``max_batch`` queued jobs. The constructor
+    only sets it up; :meth:`start` starts the thread.
 
     Args:
         run_batch: Answers a batch: sets the result (or exception) of each job's future. An exception it raises is
@@ -61,8 +63,24 @@ class MicroBatcher(Generic[J]):
         self._lock = threading.Lock()  # submit vs close: no job slips in after close has begun
         self.batches = 0
         self.jobs = 0
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self.name = name
+        self._thread: threading.Thread | None = None  # made by start(): constructing starts nothing
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start the worker thread (jobs submitted before wait in the queue until then).
+
+        Raises:
+            RuntimeError: It was started before.
+        """
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError(f"{self.name} is already started")
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
 
     def submit(self, job: J) -> Future:
         """Queue ``job``; returns its future.
@@ -84,11 +102,21 @@ class MicroBatcher(Generic[J]):
         return self._queue.qsize()
 
     def close(self, timeout: float | None = None) -> bool:
-        """Refuse new jobs, answer those queued, stop the worker; True when it stopped within ``timeout``."""
+        """Refuse new jobs, answer those queued, stop the worker; True when it stopped within ``timeout`` (a batcher
+        never started has no worker: the jobs queued get :class:`Closed`)."""
         with self._lock:
             self._closing.set()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+            thread = self._thread
+        if thread is None:
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    return True
+                if job.future.set_running_or_notify_cancel():
+                    job.future.set_exception(Closed("the service shut down before its worker started"))
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def _take(self) -> list[J]:
         """The next batch (empty when closing and nothing is left)."""

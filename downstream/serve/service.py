@@ -21,26 +21,25 @@ from PIL import UnidentifiedImageError
 
 import vlm
 from downstream.predict import (
-    LoadedCheckpoint,
     build_extractor,
     forward_with_attention,
     label_scores,
-    load_checkpoint,
-    make_batch,
-    read_features_info,
+    load_for_inference,
     top_labels,
 )
 from downstream.serve.batching import Closed, MicroBatcher, QueueFull
 from downstream.serve.cache import FeatureCache
 from downstream.serve.errors import APIError
+from downstream.serve.limits import body_too_large_message, format_mib
 from downstream.serve.settings import ServeSettings
 from features.backends import Extractor
+from features.decode import decode_image
 from features.errors import ImageTooLargeError
-from features.extract import decode_image, extract_decoded
+from features.extract import extract_decoded
 from features.io import file_sha256
-from vlm.data.collate import TokenTable, regions_of
+from vlm.data.collate import TokenTable, make_batch, regions_of
 from vlm.engine.distributed import DistInfo, resolve_device
-from vlm.errors import DataError
+from vlm.models.folder import ANSWERING_TASKS, LoadedModel, check_folder
 from vlm.precision import autocast, autocast_dtype
 
 logger = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ class Job:
     sample: dict[str, Any] | None  # region features when the cache had them
     image: np.ndarray | None  # decoded uint8 [S, S, 3] when it did not
     size: tuple[int, int]  # (width, height) of the original image
-    truncated: bool  # the question was cut to the model's text positions
+    truncated: bool  # the question was cut to the text length the model was trained with
     question_tokens: int  # tokens of the question as the model sees it ([CLS]/[SEP] included)
     decode_ms: float = 0.0
     future: Future = field(default_factory=Future)
@@ -105,13 +104,9 @@ class Service:
     def __init__(self, checkpoint: str | Path, settings: ServeSettings) -> None:
         self.folder = Path(checkpoint)
         self.settings = settings.check()
-        for name in ("config.json", "model.safetensors"):
-            if not (self.folder / name).is_file():
-                raise DataError(f"--checkpoint {self.folder}: no {name}; expected a fine-tuned model folder "
-                                "(e.g. runs/finetune-.../model)")
-        self.features_info = read_features_info(self.folder)
+        check_folder(self.folder, tasks=ANSWERING_TASKS, need_features=True)  # no weights read yet
         self.cache = FeatureCache(settings.cache_size)
-        self.ckpt: LoadedCheckpoint | None = None
+        self.ckpt: LoadedModel | None = None
         self.extractor: Extractor | None = None
         self.tokenizer: Any = None
         self.device = torch.device("cpu")
@@ -137,7 +132,7 @@ class Service:
         """Load the model, the extractor and the tokenizer, start the worker; sets :attr:`ready`."""
         start = time.perf_counter()
         self.device = resolve_device(self.settings.device, DistInfo())
-        self.ckpt = load_checkpoint(self.folder, device=self.device)
+        self.ckpt = load_for_inference(self.folder, device=self.device)
         self.extractor = build_extractor(self.ckpt.features, device=self.device)
         self.tokenizer = vlm.load_tokenizer()
         self.weights_sha256 = file_sha256(self.folder / "model.safetensors")
@@ -145,6 +140,7 @@ class Service:
         self._warm_up()
         self.batcher = MicroBatcher(self._run_batch, max_batch=self.settings.max_batch,
                                     wait_s=self.settings.batch_wait_ms / 1000.0, queue_size=self.settings.queue_size)
+        self.batcher.start()
         self.load_seconds = time.perf_counter() - start
         self._ready.set()
         logger.info("loaded %s (%s, %s) on %s in %.1fs", self.folder, self.ckpt.model.config.arch, self.ckpt.task,
@@ -156,7 +152,7 @@ class Service:
         assert self.ckpt is not None and self.extractor is not None
         side = self.extractor.image_size
         sample = extract_decoded(self.extractor, [np.zeros((side, side, 3), dtype=np.uint8)], [(side, side)])[0]
-        batch, _ = make_batch(self.tokenizer, ["warm up"], [sample], self.ckpt.max_text_len, self.device)
+        batch = make_batch(self.tokenizer, ["warm up"], [sample], self.ckpt.max_text_len)[0].to(self.device)
         with torch.inference_mode(), autocast(self.device, self.settings.precision):
             forward_with_attention(self.ckpt.model, batch)
 
@@ -290,7 +286,8 @@ class Service:
         extracted = time.perf_counter()
         with self._tok_lock:
             batch, _ = make_batch(self.tokenizer, [j.question for j in jobs], [j.sample for j in jobs],
-                                  self.ckpt.max_text_len, self.device)
+                                  self.ckpt.max_text_len)
+        batch = batch.to(self.device)
         with torch.inference_mode(), autocast(self.device, self.settings.precision):
             logits, attention = forward_with_attention(self.ckpt.model, batch)
         scores = label_scores(self.ckpt.task, logits).cpu()
@@ -321,6 +318,9 @@ class Service:
             "features": self.ckpt.features, "weights_sha256": self.weights_sha256,
             "device": str(self.device), "autocast": str(dtype).removeprefix("torch.") if dtype else "fp32",
             "settings": dataclasses.asdict(self.settings), "cache": self.cache.stats(),
+            "limits": {"max_body_bytes": self.settings.max_body_bytes,
+                       "max_body": format_mib(self.settings.max_body_bytes),
+                       "body_too_large": body_too_large_message(self.settings.max_body_bytes)},
             "batching": self.batcher.stats() if self.batcher else {}, "examples": len(self.examples),
             "load_seconds": round(self.load_seconds, 3),
         }
@@ -329,7 +329,7 @@ class Service:
 def find_examples(folder: Path, task: str, count: int = 6) -> list[Example]:
     """Test images of the built-in easy-VQA data with a question (VQA) or statement (classification) about each,
     when the model folder's run was trained on that data; else none (a user's model would not know them)."""
-    from downstream.finetune import read_run_config
+    from downstream.evaluate_model import read_run_config
     from vlm.data.easy_vqa import build_statements, is_builtin, read_easy_vqa
 
     cfg = read_run_config(folder)

@@ -32,8 +32,14 @@ from __future__ import annotations
 
 from features.store.format import FORMAT, FORMAT_VERSION, MANIFEST, decode_sample, encode_key, shard_name, sidecar_name
 from features.store.index import build_index
-from features.store.manifest import (extraction_record, finalize_store, load_manifest, make_plan,
-                                     record_differences, store_lock)
+from features.store.manifest import (
+                                     extraction_record,
+                                     finalize_store,
+                                     load_manifest,
+                                     make_plan,
+                                     record_differences,
+                                     store_lock,
+)
 from features.store.reader import FeatureStore
 from features.store.stream import FeatureStream, stream
 from features.store.verify import reindex_store, verify_store

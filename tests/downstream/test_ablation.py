@@ -14,11 +14,12 @@ from PIL import Image
 import vlm
 from downstream.ablation import reference_predictions
 from downstream.data import VQAData
-from vlm.data.classification import ClassificationExample
 from downstream.modality import image_only, text_only
+from vlm.cli import main
+from vlm.data.classification import ClassificationExample
 from vlm.data.easy_vqa import read_easy_vqa
 from vlm.data.vqa import AnswerVocab, VQAExample
-from vlm.cli import main
+
 from vlm_testing import TINY_MODEL
 
 

@@ -6,8 +6,15 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from vlm.data.easy_vqa import (EASY_VQA_COLOURS, EASY_VQA_SHAPES, STATEMENT_TYPES, build_statements, ceilings,
-                               read_easy_vqa, read_image_attributes)
+from vlm.data.easy_vqa import (
+    EASY_VQA_COLOURS,
+    EASY_VQA_SHAPES,
+    STATEMENT_TYPES,
+    build_statements,
+    ceilings,
+    read_easy_vqa,
+    read_image_attributes,
+)
 from vlm.data.vqa import VQAExample
 from vlm.errors import DataError
 

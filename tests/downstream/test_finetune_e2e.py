@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import vlm
-from vlm.data.vqa import AnswerVocab
 from vlm.cli import main
+from vlm.data.vqa import AnswerVocab
+
 from vlm_testing import TINY_MODEL
 
 FIX = Path(__file__).parent / "fixtures"
@@ -93,8 +94,9 @@ def test_classification_end_to_end_metrics_match_predictions(tmp_path, store, fi
 
 def test_question_without_features_is_counted_and_reported(tmp_path, store, caplog):
     from downstream.data import VQAData
-    from vlm.data.vqa import AnswerVocab, read_vqa_v2
     from features.store import FeatureStore
+    from vlm.data.vqa import AnswerVocab
+    from vlm.data.vqa_formats import read_vqa_v2
 
     ex = read_vqa_v2(FIX / "vqa_v2_questions.json", FIX / "vqa_v2_annotations.json")
     ex[0].image_id = "no-such-image"

@@ -9,7 +9,8 @@ import pytest
 
 from downstream.vqa import load_results, soft_accuracy, vqa_accuracy, write_results
 from vlm.data.easy_vqa import read_easy_vqa
-from vlm.data.vqa import AnswerVocab, answer_targets, read_lxmert_json, read_vqa_v2
+from vlm.data.vqa import AnswerVocab, answer_targets
+from vlm.data.vqa_formats import read_lxmert_json, read_vqa_v2
 from vlm.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"

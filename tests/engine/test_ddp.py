@@ -19,13 +19,12 @@ from vlm_testing import write_pretrain_config
 WORKER = textwrap.dedent("""
     import os, sys
     from safetensors.torch import save_file
-    from pretraining.run import PretrainRun, load_pretrain_config
-    from vlm.engine.distributed import DistInfo, start
+    from pretraining.run import load_pretrain_config, prepare_pretraining
+    from vlm.engine.distributed import DistInfo
 
     dist = DistInfo.from_env(os.environ)  # as the CLI does
     cfg = load_pretrain_config(sys.argv[1], overrides=sys.argv[4:])
-    device = start(dist, cfg.train.device, cfg.train.seed)  # as pretrain() does
-    run = PretrainRun(cfg, device=device, out_dir=sys.argv[2], dist=dist, show_progress=False)
+    run = prepare_pretraining(cfg, out_dir=sys.argv[2], dist=dist, show_progress=False)  # as pretrain() does
     run.run()
     # each rank reports its own parameters, outside the run folder, so that the test can compare ranks
     os.makedirs(sys.argv[3], exist_ok=True)
@@ -78,17 +77,17 @@ TOY_WORKER = textwrap.dedent("""
     import json, logging, os, sys
     from engine_toys import RecordingSource, ToyTask
     from vlm.config import TrainConfig
-    from vlm.engine.distributed import DistInfo, start
+    from vlm.engine.distributed import DistInfo
+    from vlm.engine.run import start_run
     from vlm.engine.trainer import Trainer
 
     logging.basicConfig(level=logging.INFO)
     dist = DistInfo.from_env(os.environ)
-    device = start(dist, "cpu", seed=0)
-    task = ToyTask(spare=sys.argv[2] == "spare")
     cfg = TrainConfig(batch_size=2, grad_accum=2, max_steps=3, log_every=1, lr=1e-2, warmup_ratio=0.0,
-                      precision="fp32")
-    trainer = Trainer(task, RecordingSource(32), cfg, save_model=task, run_dir=sys.argv[1], dist=dist, device=device,
-                      show_progress=False)
+                      precision="fp32", device="cpu")
+    run = start_run(cfg, out_dir=sys.argv[1], dist=dist)
+    task = ToyTask(spare=sys.argv[2] == "spare")
+    trainer = Trainer(task, RecordingSource(32), cfg, save_model=task, run=run, show_progress=False)
     trainer.train()
     report = os.path.join(sys.argv[3], f"rank{dist.rank}.json")
     with open(report, "w") as f:

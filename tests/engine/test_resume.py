@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 import vlm
 from vlm.engine.checkpoint import CheckpointManager, load_trainer_state, resolve_resume
 from vlm.errors import CheckpointError
+
 from vlm_testing import write_pretrain_config
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}

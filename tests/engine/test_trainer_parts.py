@@ -13,6 +13,7 @@ from vlm.cli import main
 from vlm.engine.checkpoint import CheckpointManager
 from vlm.engine.loader import EpochPlan
 from vlm.engine.trainer import linear_schedule, param_groups
+
 from vlm_testing import TINY_MODEL, write_pretrain_config
 
 

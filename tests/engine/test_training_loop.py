@@ -4,15 +4,18 @@ and that resuming from any checkpoint replays the rest of an uninterrupted run."
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from engine_toys import RecordingSource, ToyTask, weights
 from vlm.config import TrainConfig
 from vlm.engine.checkpoint import CheckpointManager, load_trainer_state
 from vlm.engine.loader import EpochPlan, StepBatches
+from vlm.engine.run import RunContext
 from vlm.engine.trainer import Trainer
+
+from engine_toys import RecordingSource, ToyTask, weights
 
 BATCH, ACCUM, SEED = 2, 2, 3
 
@@ -21,9 +24,10 @@ def _run(run_dir, examples: int, max_steps: int, resume: bool = False) -> tuple[
     source, task = RecordingSource(examples), ToyTask()
     cfg = TrainConfig(batch_size=BATCH, grad_accum=ACCUM, max_steps=max_steps, eval_every=0, save_every=1,
                       log_every=1, lr=1e-2, warmup_ratio=0.0, precision="fp32", seed=SEED)
-    trainer = Trainer(task, source, cfg, save_model=task, run_dir=run_dir, evaluate=lambda t: {"x": 0.0},
-                      keep_last=0, show_progress=False)
-    return trainer, source, trainer.train(resume=resume)
+    run = RunContext(run_dir=Path(run_dir), device=torch.device("cpu"), seed=SEED, resume=resume)
+    trainer = Trainer(task, source, cfg, save_model=task, run=run, evaluate=lambda t: {"x": 0.0}, keep_last=0,
+                      show_progress=False)
+    return trainer, source, trainer.train()
 
 
 def _expected_steps(examples: int, max_steps: int) -> list[list[tuple[int, list[int]]]]:

@@ -12,8 +12,8 @@ import torchvision
 
 from features.backbones import create_backbone
 from features.backends import create_extractor
+from features.decode import load_image
 from features.errors import BackendUnavailableError, FeaturesError, WeightsError
-from features.extract import load_image
 from features.proposers import pad_proposals
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)

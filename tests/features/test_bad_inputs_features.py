@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
+from features.decode import decode_image
 from features.errors import ShardError, StoreError, one_line
-from features.extract import decode_image
-from features.store import FeatureStore, ShardWriter, finalize_store, reindex_store, stream
+from features.store import FeatureStore, ShardWriter, finalize_store, stream
 from features.store.format import FORMAT_VERSION, INDEX_DTYPE_V1, INDEX_ENTRIES, MANIFEST
 from vlm.cli import main as vlm_main
 

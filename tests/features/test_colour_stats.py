@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from features.backends import COLOUR_STATS_DIM, box_colour_stats, create_extractor
+from features.backends import create_extractor
 from features.errors import FeaturesError
+from features.pooling import COLOUR_STATS_DIM, box_colour_stats
 
 
 def test_moments_of_uniform_and_two_colour_boxes():
@@ -43,7 +44,7 @@ def test_grid_backend_appends_the_stats_of_its_own_boxes():
 
 
 def test_colour_histogram_of_uniform_and_two_colour_boxes():
-    from features.backends import box_colour_hist
+    from features.pooling import box_colour_hist
 
     img = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
     img[:, 0, :, :8] = 255  # left half pure red, right half black

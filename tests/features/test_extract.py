@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from features.backends import create_extractor
+from features.decode import load_image
 from features.errors import StoreError
-from features.extract import extract, load_image
+from features.extract import extract
 from features.sources import resolve_source
 from features.store import FeatureStore, stream
 

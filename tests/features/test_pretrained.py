@@ -15,9 +15,10 @@ from PIL import Image
 
 from features import DEFAULT_BUILTIN_BACKEND, EASY_VQA_GRID, GRID_DEFAULTS, default_extraction
 from features.backbones import create_backbone, load_classifier
-from features.backends import COLOUR_STATS_DIM, create_extractor
+from features.backends import create_extractor
 from features.errors import WeightsError
 from features.io import file_sha256, load_state_dict_file
+from features.pooling import COLOUR_STATS_DIM
 from features.pretrained import builtin_weights_file, lukemelas_to_timm
 from features.proposers import TorchvisionDetector
 

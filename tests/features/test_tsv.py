@@ -13,7 +13,8 @@ import pytest
 
 from features.errors import TSVFormatError
 from features.store import FeatureStore
-from features.tsv import import_tsv, read_tsv, write_tsv
+from features.tsv import read_tsv, write_tsv
+from features.tsv_import import import_tsv
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 K, D = 36, 64

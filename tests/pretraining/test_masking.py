@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import vlm
-from pretraining.data import PretrainData, read_texts
+from pretraining.data import PretrainData
 from pretraining.masking import IGNORE, MaskingConfig, mask_regions, mask_tokens
+from vlm.data.readers import read_texts
 
 
 @pytest.fixture(scope="module")

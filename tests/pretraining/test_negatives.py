@@ -10,11 +10,13 @@ import pytest
 import torch
 
 import vlm
-from pretraining.data import PretrainData, read_texts
+from pretraining.data import PretrainData
 from pretraining.masking import IGNORE, MaskingConfig
 from pretraining.negatives import MatchingConfig, swap_variants
 from pretraining.run import load_pretrain_config
 from vlm.config import ConfigError
+from vlm.data.readers import read_texts
+
 from vlm_testing import OneRegionStore
 
 COCO = Path(__file__).parent / "fixtures" / "coco_captions.json"
@@ -131,6 +133,7 @@ def test_held_out_matching_is_scored_on_whole_texts():
     from pretraining.run import evaluate_pretraining
     from pretraining.task import PretrainTask
     from vlm.engine import distributed as D
+
     from vlm_testing import TINY_MODEL
 
     texts = [t for t in read_texts("easy-vqa-captions", "test") if int(t.image_id) < 40]

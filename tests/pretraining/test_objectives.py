@@ -7,9 +7,11 @@ import pytest
 import torch
 
 import vlm
-from pretraining.data import PretrainData, answer_vocab, read_texts
+from pretraining.data import PretrainData, answer_vocab
 from pretraining.objectives import OBJECTIVES, build_objectives
 from pretraining.task import PretrainTask
+from vlm.data.readers import read_texts
+
 from vlm_testing import TINY_MODEL
 
 

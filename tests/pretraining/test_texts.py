@@ -1,14 +1,22 @@
-"""Pretraining text sources: the built-in easy-VQA captions agree with the images' own answers; sources join by "+"."""
+"""Pretraining text sources: the built-in easy-VQA captions agree with the images' own answers; sources join by "+";
+one ``.json`` sniffing (:func:`vlm.data.readers.json_layout`) for the VQA and the text readers."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
-from pretraining.data import read_texts
 from vlm.data.easy_vqa import CAPTION_TEMPLATES, EASY_VQA_COLOURS, EASY_VQA_SHAPES, is_builtin, read_easy_vqa
+from vlm.data.readers import json_layout, read_texts, read_vqa
+from vlm.data.texts import TextExample, read_coco_captions
+from vlm.data.vqa_formats import read_lxmert_json, read_vqa_v2
 from vlm.errors import DataError
+
+VQA_FIXTURES = Path(__file__).parents[1] / "downstream" / "fixtures"
+COCO = Path(__file__).parent / "fixtures" / "coco_captions.json"
 
 
 def test_easy_vqa_captions_name_each_images_own_colour_and_shape():
@@ -84,3 +92,59 @@ def test_a_mismatched_caption_is_another_images_caption(easy_vqa_stores):
                     assert tok.decode(ids[1:-1]) not in own[texts[r].image_id]
     for kind, (n, mismatched) in kinds.items():
         assert n > 100 and abs(mismatched / n - 0.5) < 0.1, (kind, n, mismatched)
+
+
+# --------------------------------------------------------------------------------------- one .json sniffing for all
+
+
+@pytest.mark.parametrize("path, layout", [(VQA_FIXTURES / "vqa_v2_questions.json", "vqa-v2"),
+                                          (VQA_FIXTURES / "lxmert_vqa.json", "lxmert"),
+                                          (COCO, "coco-captions")])
+def test_each_json_layout_is_recognised(path, layout):
+    assert json_layout(path) == layout
+
+
+@pytest.mark.parametrize("content, got", [({"foo": 1}, "an object with keys ['foo']"), ([1, 2], "a list of int"),
+                                          ("text", "a str")])
+def test_an_unknown_json_layout_is_named_with_what_was_expected(tmp_path, content, got):
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(content))
+    for read in (json_layout, read_texts, lambda p: read_vqa(p, "test")):
+        with pytest.raises(DataError) as e:
+            read(str(path))
+        message = str(e.value)
+        assert message.startswith(f"{path}: not a known .json layout ({got})")
+        assert "COCO captions json" in message and "VQA v2 questions json" in message and "LXMERT json list" in message
+
+
+def test_a_vqa_v2_annotations_file_alone_is_named():
+    with pytest.raises(DataError, match=r"vqa_v2_annotations\.json: a VQA v2 annotations file has no questions; give "
+                                        r"it after its questions file"):
+        json_layout(VQA_FIXTURES / "vqa_v2_annotations.json")
+
+
+def test_read_vqa_refuses_coco_captions_naming_the_file():
+    with pytest.raises(DataError, match=r"coco_captions\.json: a COCO captions file has no questions"):
+        read_vqa(str(COCO), "test")
+
+
+def test_read_texts_reads_every_json_layout_as_its_own_reader_does():
+    lxmert = read_texts(str(VQA_FIXTURES / "lxmert_vqa.json"))
+    expected = read_lxmert_json(VQA_FIXTURES / "lxmert_vqa.json")
+    assert lxmert == [TextExample(e.image_id, e.question) for e in expected]  # same rows, same order
+    assert lxmert[0] == TextExample("COCO_val2014_000000262148", "What is the man looking through?")
+    questions = VQA_FIXTURES / "vqa_v2_questions.json"
+    assert [(t.image_id, t.text) for t in read_texts(str(questions))] == [
+        (e.image_id, e.question) for e in read_vqa_v2(questions)]
+    assert read_texts(str(COCO)) == read_coco_captions(COCO)
+    # sources of different layouts join by "+", each read by its own reader
+    joined = read_texts(f"{COCO}+{VQA_FIXTURES / 'lxmert_vqa.json'}")
+    assert joined == read_coco_captions(COCO) + lxmert
+
+
+def test_read_vqa_and_read_texts_agree_on_vqa_layouts():
+    pair = f"{VQA_FIXTURES / 'vqa_v2_questions.json'},{VQA_FIXTURES / 'vqa_v2_annotations.json'}"
+    for spec in (pair, str(VQA_FIXTURES / "lxmert_vqa.json")):
+        vqa = read_vqa(spec, "test")
+        assert [(t.image_id, t.text, t.answers) for t in read_texts(spec)] == [
+            (e.image_id, e.question, list(e.answers) or None) for e in vqa]

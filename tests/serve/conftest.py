@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serve_testing import FAST, running_server
 
 from vlm.cli import main
+
+from serve_testing import FAST, SMALL_BODY_MB, running_server
 
 
 def _finetune(stores: tuple[str, str], out: Path, task: str, arch: str) -> Path:
@@ -39,4 +40,12 @@ def classify_checkpoint(easy_vqa_stores, tmp_path_factory) -> Path:
 def live_server(vqa_checkpoint, tmp_path_factory):
     """``vlm serve`` on a free loopback port: ``(base_url, process, log_path)``."""
     with running_server(vqa_checkpoint, tmp_path_factory.mktemp("live") / "serve.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def small_body_server(vqa_checkpoint, tmp_path_factory):
+    """``vlm serve --max-body-mb 0.5`` (524,288 bytes): ``(base_url, process, log_path)``."""
+    with running_server(vqa_checkpoint, tmp_path_factory.mktemp("small-body") / "serve.log", "--max-body-mb",
+                        SMALL_BODY_MB) as server:
         yield server

@@ -13,11 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
 from vlm_testing import TINY_MODEL
 
 TINY = [f"model.{k}={'null' if v is None else v}" for k, v in TINY_MODEL.items()]
 FAST = ["--max-steps", "2", "--no-progress", "train.batch_size=4", "train.precision=fp32", "train.log_every=1",
         "data.train_limit=16", "data.eval_limit=8", *TINY]
+
+#: ``--max-body-mb`` of the ``small_body_server`` fixture, and the message of its 413
+SMALL_BODY_MB = "0.5"
+SMALL_BODY_MESSAGE = "body: the request is larger than the 0.5 MiB allowed"
 
 
 def free_port() -> int:

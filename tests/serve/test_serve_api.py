@@ -19,11 +19,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serve_testing import png_header
 
 from downstream.predict import predict
 from downstream.serve import ServeSettings, create_app
 from downstream.serve.errors import APIError
+from vlm.cli import main
+from vlm.config import ConfigError
+
+from serve_testing import png_header
 
 IMAGES = easy_vqa.get_test_image_paths()
 QUESTION = "what color is the shape?"
@@ -338,3 +341,24 @@ def test_an_unexpected_error_is_a_json_500_without_internals_and_the_server_keep
 def test_unknown_routes_and_methods_are_json(client):
     _error(client.get("/nope"), 404, None)
     _error(client.get("/v1/predict"), 405, None)
+
+
+# ------------------------------------------------------------------------------------------------------ settings
+
+
+@pytest.mark.parametrize("setting, needle", [
+    (dict(max_batch=0), "serve setting max_batch: expected a number in (0, inf), got 0"),
+    (dict(cache_size=-1), "serve setting cache_size: expected a number in [0, inf), got -1"),
+    (dict(request_timeout_s=0.0), "serve setting request_timeout_s: expected a number in (0, inf), got 0.0"),
+    (dict(precision="fp8"), "serve setting precision: expected one of auto, fp32, bf16, fp16, got 'fp8'"),
+])
+def test_settings_out_of_range_are_refused_naming_the_setting(tmp_path, setting, needle):
+    with pytest.raises(ConfigError) as e:  # before the folder is looked at
+        create_app(tmp_path, settings=ServeSettings(**setting), load=False)
+    assert needle in str(e.value)
+
+
+def test_the_cli_reports_a_bad_setting_in_one_line(tmp_path, capsys):
+    assert main(["serve", "--checkpoint", str(tmp_path), "--cache-size", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "vlm serve: error: serve setting cache_size: expected a number in [0, inf), got -1" in err

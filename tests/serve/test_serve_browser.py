@@ -1,5 +1,6 @@
 """The page of ``vlm serve`` in a real headless Chromium: upload a photo, ask, and check that the page shows exactly
-the API's answers and scores and that the attention overlay is brightest over the most attended box.
+the API's answers and scores and that the attention overlay is brightest over the most attended box; and that a file
+over the server's body limit is refused by the page, with the server's message, without being sent.
 
 Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them); selenium gets both paths, so it never
 tries to download a browser. Without them the test is skipped, except under ``CI=true``, where it fails.
@@ -13,7 +14,11 @@ from pathlib import Path
 
 import httpx
 import matplotlib
+import numpy as np
 import pytest
+from PIL import Image
+
+from serve_testing import SMALL_BODY_MB, SMALL_BODY_MESSAGE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -97,3 +102,50 @@ def test_the_page_answers_a_photo_and_draws_the_attention(browser, live_server, 
     # the screenshot goes to the test's folder; VLM_SCREENSHOT=path (e.g. docs/serve-page.png) keeps a copy there
     shot = Path(os.environ.get("VLM_SCREENSHOT") or tmp_path / "serve-page.png")
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+# counts the page's requests to /v1/predict
+COUNT_PREDICTS_JS = """
+window.predicts = 0;
+const fetchBefore = window.fetch;
+window.fetch = (url, options) => {
+  if (String(url).includes('/v1/predict')) window.predicts += 1;
+  return fetchBefore(url, options);
+};
+"""
+
+
+def test_the_page_refuses_a_file_over_the_body_limit_without_sending_it(browser, small_body_server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _, log = small_body_server
+    big = tmp_path / "noise.png"  # random pixels do not compress: a real image over the limit
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (420, 560, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > float(SMALL_BODY_MB) * 1024 * 1024
+    assert httpx.get(f"{base}/v1/model").json()["limits"]["body_too_large"] == SMALL_BODY_MESSAGE
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(base + "/")
+    wait.until(ec.element_to_be_clickable((By.ID, "submit")))
+    browser.execute_script(COUNT_PREDICTS_JS)
+    posts = log.read_text().count("POST /v1/predict")
+    browser.find_element(By.ID, "file").send_keys(str(big))
+    status = browser.find_element(By.ID, "status")
+    wait.until(lambda d: status.text == SMALL_BODY_MESSAGE)  # said when the file is chosen
+    question = browser.find_element(By.ID, "question")
+    question.clear()
+    question.send_keys(QUESTION)
+    browser.execute_script("document.getElementById('status').textContent = '';")
+    browser.find_element(By.ID, "submit").click()  # asked anyway: refused again
+    wait.until(lambda d: status.text == SMALL_BODY_MESSAGE)
+    assert "error" in status.get_attribute("class")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#answers li")
+    assert browser.execute_script("return window.predicts") == 0
+    assert log.read_text().count("POST /v1/predict") == posts  # nothing reached the server
+
+    # sent anyway, the server refuses it with the same words
+    r = httpx.post(f"{base}/v1/predict", files={"image": ("noise.png", big.read_bytes(), "image/png")},
+                   data={"question": QUESTION}, timeout=60)
+    assert r.status_code == 413 and r.json()["detail"] == SMALL_BODY_MESSAGE

@@ -12,6 +12,7 @@ from pathlib import Path
 import easy_vqa
 import httpx
 import psutil
+
 from serve_testing import running_server
 
 CACHE = 16

@@ -7,7 +7,9 @@
 * :mod:`vlm.data.easy_vqa`: the built-in easy-VQA data, its per-image attributes, captions and statements, and
   :func:`~vlm.data.easy_vqa.is_builtin`;
 * :mod:`vlm.data.classification`: the classification example type, class lists, JSONL and Hateful Memes readers;
-* :mod:`vlm.data.readers`: a ``--data`` spec to examples.
+* :mod:`vlm.data.texts`: the pretraining text example type, the COCO captions and text JSONL readers;
+* :mod:`vlm.data.readers`: a ``--data`` spec to examples, for every command (VQA, classification, pretraining
+  texts), with the one sniffing of a ``.json`` file's layout.
 
 It imports torch, numpy, the stdlib, ``easy_vqa``, ``vlm.batch``, ``vlm.errors`` and ``vlm.io`` only: no models, no
 engine, no ``features`` (tests/test_architecture.py enforces it).

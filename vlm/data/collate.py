@@ -1,5 +1,7 @@
-"""Pieces every dataset of vlm uses to make a :class:`vlm.Batch`: texts tokenised once into flat arrays, texts joined
-to a feature store with a counted report, and padding of texts and regions (to the longest in the batch).
+"""The one way texts and regions become a :class:`vlm.Batch`, used by every dataset, ``vlm predict``/``serve``, the
+demo and the bench scripts: texts tokenised once into flat arrays (truncated and counted), texts joined to a feature
+store with a counted report, padding of texts and regions to the longest in the batch, and :func:`collate` /
+:func:`make_batch` that assemble the batch.
 
 The store is anything with ``__contains__`` and ``__getitem__(image_id) -> {"feats", "boxes", "meta"}`` (a
 ``features.FeatureStore``); this module does not import ``features``.
@@ -12,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
+from vlm.batch import Batch
 from vlm.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -124,3 +128,23 @@ def pad_regions(regions: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
     for r, (f, b) in enumerate(regions):
         feats[r, :f.shape[0]], boxes[r, :f.shape[0]] = f, b
     return feats, boxes, (np.arange(k)[None, :] < ks[:, None]).astype(np.int64)
+
+
+def collate(ids: np.ndarray, mask: np.ndarray, regions: list[tuple[np.ndarray, np.ndarray]], **targets: Any
+            ) -> Batch:
+    """One :class:`Batch` from padded texts (``ids``, ``mask`` ``[B, T]``, e.g. :meth:`TokenTable.pad`) and the
+    regions ``(feats [K, D], boxes [K, 4])`` of each text's image (padded here); token types are 0; ``targets`` are
+    Batch fields (``answer_targets``, ``labels``, ...)."""
+    feats, boxes, region_mask = pad_regions(regions)
+    return Batch(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                 token_type_ids=torch.zeros(ids.shape, dtype=torch.long), region_feats=torch.from_numpy(feats),
+                 region_boxes=torch.from_numpy(boxes), region_mask=torch.from_numpy(region_mask), **targets)
+
+
+def make_batch(tokenizer: Any, texts: list[str], samples: list[dict[str, Any]], max_text_len: int
+               ) -> tuple[Batch, TokenTable]:
+    """Texts and the store samples (``{"feats", "boxes", "meta"}``) of their images as one padded :class:`Batch`,
+    texts truncated to ``max_text_len`` tokens; the :class:`TokenTable` says how many were truncated."""
+    table = TokenTable(texts, tokenizer, max_text_len)
+    ids, mask = table.pad(np.arange(len(texts)), tokenizer.pad_token_id or 0)
+    return collate(ids, mask, [regions_of(s) for s in samples]), table

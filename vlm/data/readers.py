@@ -1,19 +1,31 @@
 """Data specs to examples: the one place a ``--data`` string is read, for every command.
 
-A spec is a built-in name (``easy-vqa``, ``easy-vqa-statements``; :func:`vlm.data.easy_vqa.is_builtin`) or files in a
-published layout. :func:`read_vqa` gives :class:`~vlm.data.vqa.VQAExample` lists, :func:`read_classification`
-:class:`~vlm.data.classification.ClassificationExample` lists with their :class:`~vlm.data.classification.ClassList`.
+A spec is a built-in name (``easy-vqa``, ``easy-vqa-captions``, ``easy-vqa-statements``;
+:func:`vlm.data.easy_vqa.is_builtin`) or files in a published layout. :func:`read_vqa` gives
+:class:`~vlm.data.vqa.VQAExample` lists, :func:`read_classification`
+:class:`~vlm.data.classification.ClassificationExample` lists with their :class:`~vlm.data.classification.ClassList`,
+:func:`read_texts` (pretraining) :class:`~vlm.data.texts.TextExample` lists. A ``.json`` file's layout is told by its
+content, by :func:`json_layout` alone.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-from vlm.data.classification import (HATEFUL_MEMES_CLASSES, ClassificationExample, ClassList, jsonl_classes,
-                                     read_hateful_memes, read_jsonl)
-from vlm.data.easy_vqa import STATEMENT_CLASSES, build_statements, read_easy_vqa
-from vlm.data.vqa import VQAExample, read_lxmert_json, read_vqa_v2
+from vlm.data.classification import (
+    HATEFUL_MEMES_CLASSES,
+    ClassificationExample,
+    ClassList,
+    jsonl_classes,
+    read_hateful_memes,
+    read_jsonl,
+)
+from vlm.data.easy_vqa import STATEMENT_CLASSES, build_statements, captions, read_easy_vqa
+from vlm.data.texts import TextExample, from_vqa, read_coco_captions, read_text_jsonl
+from vlm.data.vqa import PathLike, VQAExample
+from vlm.data.vqa_formats import read_lxmert_json, read_vqa_v2
 from vlm.errors import DataError
 from vlm.io import jsonl_rows, read_json
 
@@ -31,12 +43,53 @@ def nonempty(examples: list, spec: str) -> list:
     return examples
 
 
+#: What :func:`json_layout` tells apart.
+JSON_LAYOUTS = ("vqa-v2", "lxmert", "coco-captions")
+
+_VQA_SPECS = "easy-vqa, QUESTIONS.json,ANNOTATIONS.json (VQA v2) or an LXMERT .json list"
+
+
+def _describe(data: Any) -> str:
+    if isinstance(data, list):
+        return f"a list of {type(data[0]).__name__}"
+    if isinstance(data, dict):
+        return f"an object with keys {sorted(data)[:5]}"
+    return f"a {type(data).__name__}"
+
+
+def json_layout(path: PathLike) -> str:
+    """The layout of a ``.json`` data file, one of :data:`JSON_LAYOUTS`, told by its content: an object with
+    ``questions`` is VQA v2 questions; an object with ``annotations`` (``[{image_id, caption}]``) is COCO captions; a
+    list of objects (or an empty list) is LXMERT's preprocessed VQA json. Rows are checked by the readers, not here.
+
+    Raises:
+        DataError: naming the file and the layouts expected, when it is none of them (a VQA v2 annotations file on
+            its own is named as such).
+    """
+    data = read_json(path)
+    if isinstance(data, dict) and "questions" in data:
+        return "vqa-v2"
+    if isinstance(data, dict) and "annotations" in data:
+        rows = data["annotations"]
+        first = rows[0] if isinstance(rows, list) and rows else None
+        if isinstance(first, dict) and "question_id" in first and "caption" not in first:
+            raise DataError(f"{path}: a VQA v2 annotations file has no questions; give it after its questions file, "
+                            "as QUESTIONS.json,ANNOTATIONS.json")
+        return "coco-captions"
+    if isinstance(data, list) and (not data or isinstance(data[0], dict)):
+        return "lxmert"
+    raise DataError(f"{path}: not a known .json layout ({_describe(data)}); expected COCO captions json "
+                    "({'annotations': [{image_id, caption}]}), VQA v2 questions json ({'questions': [{image_id, "
+                    "question, question_id}]}) or an LXMERT json list ([{question_id, img_id, sent}])")
+
+
 def read_vqa(spec: str, split: str) -> list[VQAExample]:
     """``easy-vqa`` (built in), ``QUESTIONS.json,ANNOTATIONS.json`` (official VQA v2), ``QUESTIONS.json`` (VQA v2
     without answers) or an LXMERT-preprocessed ``.json`` list. ``split`` picks the split of built-in data.
 
     Raises:
-        DataError: an unknown layout, a malformed row (named), or no examples at all.
+        DataError: an unknown layout (a COCO captions file has no questions), a malformed row (named), or no
+            examples at all.
     """
     return nonempty(_read_vqa(spec, split), spec)
 
@@ -49,10 +102,48 @@ def _read_vqa(spec: str, split: str) -> list[VQAExample]:
         return read_vqa_v2(q, a)
     path = Path(spec)
     if path.suffix != ".json":
-        raise DataError(f"{spec}: VQA data must be easy-vqa, QUESTIONS.json,ANNOTATIONS.json (VQA v2) or an "
-                        "LXMERT .json list")
-    head = read_json(path)
-    return read_vqa_v2(path) if isinstance(head, dict) else read_lxmert_json(path)
+        raise DataError(f"{spec}: VQA data must be {_VQA_SPECS}")
+    return _read_vqa_json(path, json_layout(path))
+
+
+def _read_vqa_json(path: Path, layout: str) -> list[VQAExample]:
+    if layout == "vqa-v2":
+        return read_vqa_v2(path)
+    if layout == "lxmert":
+        return read_lxmert_json(path)
+    raise DataError(f"{path}: a COCO captions file has no questions; VQA data must be {_VQA_SPECS}")
+
+
+def read_texts(spec: str, split: str = "train") -> list[TextExample]:
+    """Pretraining texts from ``spec``: ``easy-vqa``; ``easy-vqa-captions``; a ``.jsonl`` file of
+    ``{image_id, text, answers?}``; a ``.json`` file in any layout :func:`json_layout` knows (COCO captions, VQA v2
+    questions without answers, an LXMERT list); or ``QUESTIONS.json,ANNOTATIONS.json`` (VQA v2). Questions keep their
+    human answers (:func:`vlm.data.texts.from_vqa`). Sources joined by ``+`` are read in turn and concatenated.
+
+    Raises:
+        DataError: an unknown format or layout, a malformed row (named), or a source without texts (named).
+    """
+    if "+" in spec:
+        return [e for part in spec.split("+") for e in read_texts(part, split)]
+    texts = _read_texts(spec, split)
+    if not texts:
+        raise DataError(f"{spec}: no texts in the data (an empty file or list)")
+    return texts
+
+
+def _read_texts(spec: str, split: str) -> list[TextExample]:
+    if spec == "easy-vqa-captions":
+        return [TextExample(image_id, text) for image_id, text in captions(split)]
+    if spec == "easy-vqa" or "," in spec:
+        return from_vqa(_read_vqa(spec, split))
+    path = Path(spec)
+    if path.suffix == ".jsonl":
+        return read_text_jsonl(path)
+    if path.suffix == ".json":
+        layout = json_layout(path)
+        return read_coco_captions(path) if layout == "coco-captions" else from_vqa(_read_vqa_json(path, layout))
+    raise DataError(f"{spec}: unknown text format; expected easy-vqa, easy-vqa-captions, a .jsonl file, a COCO "
+                    "captions .json, QUESTIONS.json,ANNOTATIONS.json (VQA v2) or an LXMERT .json list")
 
 
 def _is_hateful_memes(path: Path) -> bool:

@@ -25,15 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlm.config import ModelConfig
 from vlm.errors import CheckpointError
 from vlm.io import publish_dir, remove_dir, write_text
+from vlm.models.folder import CONFIG_NAME, WEIGHTS_NAME, describe
+from vlm.models.folder import load_weights as load_model_weights
 
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "trainer_state.pt"
-CONFIG_NAME = "run_config.yaml"
+RUN_CONFIG_NAME = "run_config.yaml"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
-_REQUIRED = ("config.json", "model.safetensors", STATE_NAME)
+_REQUIRED = (CONFIG_NAME, WEIGHTS_NAME, STATE_NAME)
 
 
 # ------------------------------------------------------------------------------------------------------- RNG states
@@ -93,8 +96,10 @@ class CheckpointManager:
         ckpts = self.list()
         return ckpts[-1] if ckpts else None
 
-    def save(self, step: int, model: Any, trainer_state: dict[str, Any], run_config_yaml: str) -> Path:
-        """Write checkpoint ``step`` atomically and prune to the last ``keep_last``; returns its folder."""
+    def save(self, step: int, model: Any, trainer_state: dict[str, Any], run_config_yaml: str,
+             max_text_len: int | None = None) -> Path:
+        """Write checkpoint ``step`` atomically and prune to the last ``keep_last``; returns its folder. The model's
+        files record ``max_text_len`` (the run's text length) when given."""
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.dir / step_dir_name(step)
         if final.exists():
@@ -103,9 +108,12 @@ class CheckpointManager:
         tmp = self.dir / f".{final.name}.tmp-{os.getpid()}"
         remove_dir(tmp)
         tmp.mkdir()
-        model.save_pretrained(tmp)
+        if max_text_len is None:
+            model.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp, max_text_len=max_text_len)
         torch.save(trainer_state, tmp / STATE_NAME)
-        (tmp / CONFIG_NAME).write_text(run_config_yaml, encoding="utf-8")
+        (tmp / RUN_CONFIG_NAME).write_text(run_config_yaml, encoding="utf-8")
         publish_dir(tmp, final)
         write_text(self.dir / "latest.txt", final.name + "\n")  # informational; list() is the source of truth
         self._prune()
@@ -199,31 +207,22 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
 
 
 def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
-    """Load ``ckpt/model.safetensors`` into ``model`` (strict: the run's own model).
+    """Load a checkpoint's weights into the run's own ``model`` (strict), through the model-folder owner.
 
     Raises:
         CheckpointError: one line when the checkpoint holds another architecture or task than ``model``, or weights
             that do not fit it.
     """
-    import json
-
-    from safetensors.torch import load_model
-
-    saved = json.loads((ckpt / "config.json").read_text()) if (ckpt / "config.json").is_file() else {}
     mine = getattr(model, "config", None)
-    theirs = (saved.get("model") or {}).get("arch")
-    if mine is not None and theirs and theirs != mine.arch:
-        raise CheckpointError(f"{ckpt}: this run is {theirs} ({saved.get('task')}); the command builds a {mine.arch} "
-                              "model: resume with the run's own --arch/--config")
-    if mine is not None and saved.get("task") and saved["task"] != getattr(model, "task", saved["task"]):
-        raise CheckpointError(f"{ckpt}: this run trains a {saved['task']} model; the command builds a "
-                              f"{model.task} model: resume with the run's own --task/--config")
-    path = ckpt / "model.safetensors"
+    if isinstance(mine, ModelConfig):  # a vlm model (the engine also checkpoints any module with save_pretrained)
+        info = describe(ckpt)
+        if info.arch != mine.arch:
+            raise CheckpointError(f"{ckpt}: this run is {info.arch} ({info.task}); the command builds a {mine.arch} "
+                                  "model: resume with the run's own --arch/--config")
+        if info.task != getattr(model, "task", info.task):
+            raise CheckpointError(f"{ckpt}: this run trains a {info.task} model; the command builds a "
+                                  f"{model.task} model: resume with the run's own --task/--config")
     try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except Exception as e:
-        raise CheckpointError(f"{path}: unreadable weights ({str(e).splitlines()[0]})") from None
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match this run's model ({len(missing)} missing, e.g. "
-                              f"{sorted(missing)[:3]}; {len(unexpected)} unexpected, e.g. {sorted(unexpected)[:3]}): "
-                              "resume with the run's own config")
+        load_model_weights(model, ckpt)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}: resume with the run's own config") from None

@@ -1,9 +1,9 @@
-"""torch.distributed for the engine: starting a run (device, process group, seed) from explicit arguments, rank
-helpers, collectives.
+"""torch.distributed for the engine: device resolution and the process group from explicit arguments, rank helpers,
+collectives.
 
 Only the CLI reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` (set by ``torchrun``) and passes them here as a
 :class:`DistInfo`; nothing in the engine looks at the environment. One process per device, DDP with ``gloo`` on CPU
-and ``nccl`` on CUDA. :func:`start` is the one place a run is started.
+and ``nccl`` on CUDA. A run is started by :func:`vlm.engine.run.start_run`, which calls these.
 """
 
 from __future__ import annotations
@@ -62,23 +62,6 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise ConfigError(f"train.device={name}: no such CUDA device on this machine "
                           f"({torch.cuda.device_count()} visible)")
-    return device
-
-
-def start(info: DistInfo, device_name: str, seed: int) -> torch.device:
-    """Start a run: resolve its device, join the process group (when ``info.world_size > 1``) and seed torch.
-
-    Args:
-        info: this process's place in the job.
-        device_name: ``train.device`` (see :func:`resolve_device`).
-        seed: seeds torch's global RNGs, once, here (e.g. for model initialisation: the same weights on every rank).
-
-    Returns:
-        The device this process runs on.
-    """
-    device = resolve_device(device_name, info)
-    setup(info, device)
-    torch.manual_seed(seed)
     return device
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from vlm.batch import Batch
+from vlm.config import ConfigError
 
 
 class BatchSource(Protocol):
@@ -107,7 +108,7 @@ class StepBatches:
     def __init__(self, source: BatchSource, plan: EpochPlan, grad_accum: int, num_workers: int = 0, epoch: int = 0,
                  position: int = 0) -> None:
         if not 1 <= grad_accum <= plan.batches_per_epoch:
-            raise ValueError(f"grad_accum={grad_accum} needs 1 to {plan.batches_per_epoch} batches per epoch")
+            raise ConfigError(f"grad_accum={grad_accum} needs 1 to {plan.batches_per_epoch} batches per epoch")
         if position >= plan.batches_per_epoch:
             epoch, position = epoch + 1, 0
         self.source, self.plan, self.grad_accum, self.num_workers = source, plan, grad_accum, num_workers

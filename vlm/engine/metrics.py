@@ -31,23 +31,27 @@ class MetricsLogger:
     def __init__(self, run_dir: str | Path | None, enabled: bool = True, tensorboard: bool = True) -> None:
         self.enabled = enabled and run_dir is not None
         self.path = Path(run_dir) / "metrics.jsonl" if run_dir is not None else None
+        self.tensorboard = tensorboard
         self._file = None
         self._tb = None
-        if not self.enabled:
-            return
+
+    def _open(self) -> None:
+        """Open the file (and TensorBoard's writer) on the first record: constructing the logger creates nothing."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
-        if tensorboard:
+        if self.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional
                 logger.debug("tensorboard not installed: metrics go to metrics.jsonl only")
             else:
-                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+                self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
 
     def log(self, step: int, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if self._file is None:
+            self._open()
         row = {"step": step, "time": round(time.time(), 3), **{k: _plain(v) for k, v in record.items()}}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()

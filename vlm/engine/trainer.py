@@ -8,7 +8,8 @@ and the run folder. It does AdamW without decay on biases and norms, linear warm
 accumulation (DDP's ``no_sync`` on all but the last micro-batch), clipping, mixed precision (``vlm.precision``),
 metrics to ``metrics.jsonl``, periodic evaluation, atomic checkpoints and exact resume. Under DDP, a probe step before
 wrapping finds the parameters that get no gradient, so that DDP searches for unused parameters only when there are
-some.
+some. Constructing a ``Trainer`` creates no file and runs nothing: the probe, the wrap and every write happen in
+:meth:`Trainer.train`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,18 @@ from torch import nn
 from vlm.batch import Batch
 from vlm.config import TrainConfig
 from vlm.engine import distributed as D
-from vlm.engine.checkpoint import (RUN_MARK, CheckpointManager, load_trainer_state, load_weights, resolve_resume,
-                                   rng_state, set_rng_state)
+from vlm.engine.checkpoint import (
+    RUN_MARK,
+    CheckpointManager,
+    load_trainer_state,
+    load_weights,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+)
 from vlm.engine.loader import BatchSource, EpochPlan, StepBatches
 from vlm.engine.metrics import MetricsLogger, RunningMean, progress
+from vlm.engine.run import RunContext
 from vlm.errors import CheckpointError, VLMError
 from vlm.io import write_text
 from vlm.precision import autocast, autocast_dtype
@@ -89,26 +98,23 @@ class Trainer:
     """
 
     def __init__(self, task: nn.Module, source: BatchSource, cfg: TrainConfig, *, save_model: nn.Module,
-                 run_dir: str | Path, dist: D.DistInfo = D.DistInfo(), device: str | torch.device = "cpu",
-                 evaluate: Callable[[nn.Module], dict[str, float]] | None = None, run_config_yaml: str = "",
-                 keep_last: int = 2, show_progress: bool = True) -> None:
+                 run: RunContext, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+                 run_config_yaml: str = "", keep_last: int = 2, show_progress: bool = True,
+                 max_text_len: int | None = None) -> None:
         cfg.validate()
-        self.cfg, self.dist, self.device = cfg, dist, torch.device(device)
-        self.run_dir = Path(run_dir)
+        self.cfg, self.run, self.dist, self.device = cfg, run, run.dist, torch.device(run.device)
+        self.run_dir = Path(run.run_dir)
         self.task = task.to(self.device)
         self.save_model = save_model
+        self.max_text_len = max_text_len
         self.source = source
-        self.plan = EpochPlan(len(source), cfg.batch_size, world_size=dist.world_size, rank=dist.rank, seed=cfg.seed)
+        self.plan = EpochPlan(len(source), cfg.batch_size, world_size=self.dist.world_size, rank=self.dist.rank,
+                              seed=cfg.seed)
         if self.plan.batches_per_epoch < cfg.grad_accum:
             raise VLMError(f"{len(source)} training examples make {self.plan.batches_per_epoch} batches of "
-                           f"{cfg.batch_size} x {dist.world_size} rank(s); need at least train.grad_accum="
+                           f"{cfg.batch_size} x {self.dist.world_size} rank(s); need at least train.grad_accum="
                            f"{cfg.grad_accum}: lower train.batch_size or add data")
-        self.model: nn.Module = task
-        if dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # searching for unused parameters costs a graph traversal every step: only when some are unused
-            unused = self.has_unused_parameters()
-            self.model = nn.parallel.DistributedDataParallel(task, device_ids=ids, find_unused_parameters=unused)
+        self.model: nn.Module = task  # DDP-wrapped by train() when the job has several processes
         steps_per_epoch = self.plan.batches_per_epoch // cfg.grad_accum
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         self.optimizer = adamw(param_groups(task, cfg.weight_decay), cfg)
@@ -119,12 +125,21 @@ class Trainer:
         self.evaluate_fn = evaluate
         self.run_config_yaml = run_config_yaml
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=keep_last)
-        self.metrics = MetricsLogger(self.run_dir, enabled=dist.is_main)
-        self.show_progress = show_progress and dist.is_main
+        self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.is_main)  # opens its file on the first record
+        self.show_progress = show_progress and self.dist.is_main
         self.step = 0  # optimiser steps done
         self.epoch = 0
         self.position = 0  # micro-batches of `epoch` consumed
         self.history: list[dict[str, Any]] = []  # eval records of this process
+
+    def _wrap_ddp(self) -> None:
+        """Wrap the task in DDP (several processes): a probe step first finds whether some parameters get no
+        gradient, so that DDP searches for unused parameters only when there are some."""
+        if not self.dist.enabled or self.model is not self.task:
+            return
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        unused = self.has_unused_parameters()  # a collective: every rank takes part
+        self.model = nn.parallel.DistributedDataParallel(self.task, device_ids=ids, find_unused_parameters=unused)
 
     def has_unused_parameters(self) -> bool:
         """Whether a parameter gets no gradient in a training step on some rank (a collective under DDP).
@@ -190,10 +205,12 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------------------- loop
 
-    def train(self, resume: str | bool | None = None) -> dict[str, Any]:
-        """Run to ``total_steps`` (resuming first when asked); returns a summary with the eval history."""
-        torch.manual_seed(self.cfg.seed + self.dist.rank)  # dropout; batches draw from (seed, epoch, index)
-        resumed_from = self._resume(resume)  # a refused resume leaves the run folder as it was
+    def train(self) -> dict[str, Any]:
+        """Run to ``total_steps`` (resuming first when the run was started with ``resume``); returns a summary with
+        the eval history."""
+        self.run.seed_training()  # dropout; batches draw from (seed, epoch, index)
+        resumed_from = self._resume(self.run.resume)  # a refused resume leaves the run folder as it was
+        self._wrap_ddp()
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.run_config_yaml:
@@ -286,7 +303,8 @@ class Trainer:
         state = self.state_dict()  # a collective under DDP: every rank takes part
         path = None
         if self.dist.is_main:
-            path = self.checkpoints.save(self.step, self.save_model, state, self.run_config_yaml)
+            path = self.checkpoints.save(self.step, self.save_model, state, self.run_config_yaml,
+                                         max_text_len=self.max_text_len)
             logger.info("checkpoint %s", path)
         D.barrier()
         return path or self.checkpoints.dir / f"step-{self.step:08d}"

@@ -44,19 +44,36 @@ class LxmertEncoder(nn.Module):
             x = layer(x, bias)
         return x
 
-    def forward(self, batch: Batch) -> EncoderOutput:
+    def forward(self, batch: Batch, output_attentions: bool = False, output_hidden_states: bool = False
+                ) -> EncoderOutput:
+        """Encode ``batch``. ``output_attentions``: also each cross-modality layer's text→region cross-attention;
+        ``output_hidden_states``: also the states after every layer (see :class:`EncoderOutput`)."""
         cfg = self.config
         batch.check(cfg.visual_feat_dim, cfg.visual_pos_dim, cfg.vocab_size, cfg.type_vocab_size)
+        texts: list[torch.Tensor] = []
+        regions: list[torch.Tensor] = []
+        attentions: list[torch.Tensor] = []
         text = self.embeddings(batch.input_ids, batch.token_type_ids)  # (B, T, H)
         text_bias = key_padding_bias(batch.attention_mask, text.dtype)  # (B, 1, 1, T)
         for layer in self.text_layers:
             text = layer(text, text_bias)
+            texts.append(text)
 
         region = self.region_encoder(batch.region_feats, batch.region_boxes, batch.region_mask)  # (B, K, H)
         region_bias = key_padding_bias(batch.region_mask, region.dtype)  # (B, 1, 1, K)
         for layer in self.region_layers:
             region = layer(region, region_bias)
+            regions.append(region)
 
         for layer in self.cross_layers:
-            text, region = layer(text, text_bias, region, region_bias)
-        return EncoderOutput(text_states=text, region_states=region, pooled=self.pooler(text))
+            if output_attentions:
+                text, region, attention = layer(text, text_bias, region, region_bias, output_attentions=True)
+                attentions.append(attention)  # (B, nh, T, K)
+            else:
+                text, region = layer(text, text_bias, region, region_bias)
+            texts.append(text)
+            regions.append(region)
+        return EncoderOutput(text_states=text, region_states=region, pooled=self.pooler(text),
+                             attentions=tuple(attentions) if output_attentions else None,
+                             text_hidden_states=tuple(texts) if output_hidden_states else None,
+                             region_hidden_states=tuple(regions) if output_hidden_states else None)

@@ -17,6 +17,7 @@ from vlm.batch import Batch, EncoderOutput
 from vlm.config import ModelConfig
 from vlm.layers import Pooler, RegionEncoder, TextEmbeddings, TransformerLayer, key_padding_bias
 
+
 class SingleStreamEncoder(nn.Module):
     """Single-stream encoder: ``Batch`` → :class:`EncoderOutput`."""
 
@@ -34,6 +35,10 @@ class SingleStreamEncoder(nn.Module):
     def word_embeddings(self) -> nn.Embedding:
         return self.embeddings.word
 
+    def init_own_weights(self, std: float) -> None:
+        """The learned ``[IMG]`` embedding (a bare parameter, outside the modules that ``init_weights`` visits)."""
+        nn.init.normal_(self.img_token, std=std)
+
     def _region_side(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[IMG] v1..vK [SEP]`` embedded: ``[B, K+2, H]``."""
         emb = self.embeddings
@@ -44,7 +49,11 @@ class SingleStreamEncoder(nn.Module):
         x = torch.cat([img, regions, sep], dim=1) + emb.token_type.weight[self.config.region_token_type]
         return emb.drop(self.region_norm(x))
 
-    def forward(self, batch: Batch) -> EncoderOutput:
+    def forward(self, batch: Batch, output_attentions: bool = False, output_hidden_states: bool = False
+                ) -> EncoderOutput:
+        """Encode ``batch``. ``output_attentions``: also each layer's attention of the text tokens over the regions,
+        renormalised over the regions; ``output_hidden_states``: also the text and region states after every layer
+        (see :class:`EncoderOutput`)."""
         cfg = self.config
         batch.check(cfg.visual_feat_dim, cfg.visual_pos_dim, cfg.vocab_size, cfg.type_vocab_size)
         k = batch.region_feats.shape[1]
@@ -57,7 +66,25 @@ class SingleStreamEncoder(nn.Module):
         am = batch.attention_mask
         mask = torch.cat([am[:, :1], has, rmask, has, am[:, 1:]], dim=1)  # (B, T+K+2)
         bias = key_padding_bias(mask, x.dtype)
+        texts: list[torch.Tensor] = []
+        regions: list[torch.Tensor] = []
+        attentions: list[torch.Tensor] = []
+        masses: list[torch.Tensor] = []
         for layer in self.layers:
-            x = layer(x, bias)
+            if output_attentions:
+                x, probs = layer(x, bias, output_attentions=True)  # (B, nh, S, S)
+                rows = torch.cat([probs[:, :, :1], probs[:, :, k + 3 :]], dim=2)[..., 2 : k + 2]  # text → v1..vK
+                mass = rows.sum(-1)  # (B, nh, T)
+                attentions.append(rows / mass.clamp_min(1e-12).unsqueeze(-1))
+                masses.append(mass)
+            else:
+                x = layer(x, bias)
+            if output_hidden_states:
+                texts.append(torch.cat([x[:, :1], x[:, k + 3 :]], dim=1))
+                regions.append(x[:, 2 : k + 2])
         text_states = torch.cat([x[:, :1], x[:, k + 3 :]], dim=1)
-        return EncoderOutput(text_states=text_states, region_states=x[:, 2 : k + 2], pooled=self.pooler(x))
+        return EncoderOutput(text_states=text_states, region_states=x[:, 2 : k + 2], pooled=self.pooler(x),
+                             attentions=tuple(attentions) if output_attentions else None,
+                             region_attention_mass=tuple(masses) if output_attentions else None,
+                             text_hidden_states=tuple(texts) if output_hidden_states else None,
+                             region_hidden_states=tuple(regions) if output_hidden_states else None)

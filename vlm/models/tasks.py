@@ -1,4 +1,4 @@
-"""Task models: an encoder plus the heads of one task, with ``save_pretrained`` / ``from_pretrained``.
+"""Task models: an encoder plus the heads of one task (reading and writing model folders: :mod:`vlm.models.folder`).
 
 ``task`` names: ``encoder`` (no heads), ``pretraining`` (MLM, masked-region, matching and optional QA heads),
 ``vqa`` (answer head, soft-score BCE) and ``classification`` (``[CLS]`` classifier, cross-entropy). Every task model
@@ -7,36 +7,50 @@ keeps its encoder under ``.encoder`` so weights move between tasks by name.
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import nn
 
 from vlm.batch import Batch, EncoderOutput
-from vlm.config import ConfigError, ModelConfig, apply_dict
-from vlm.errors import CheckpointError, DataError
+from vlm.config import ConfigError, ModelConfig
+from vlm.errors import DataError
 from vlm.heads import AnswerHead, ClassifierHead, MaskedLMHead, MatchingHead, RegionHeads
-from vlm.io import atomic_write, write_text
 from vlm.layers import init_weights
 from vlm.models.lxmert import LxmertEncoder
 from vlm.models.single_stream import SingleStreamEncoder
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+@dataclass(frozen=True)
+class Architecture:
+    """What differs between architectures, in one place: every switch on ``arch`` goes through this registry."""
+
+    encoder: Callable[[ModelConfig], nn.Module]  # the encoder class
+    depth: Callable[[ModelConfig], str]  # the layer counts, as ``vlm models`` and ``vlm describe`` print them
+
+
+#: The model registry: architecture name (``model.arch``) → its parts.
+ARCHITECTURES: dict[str, Architecture] = {
+    "lxmert": Architecture(LxmertEncoder, lambda c: f"{c.l_layers}L/{c.r_layers}R/{c.x_layers}X"),
+    "vilbert": Architecture(SingleStreamEncoder, lambda c: str(c.num_layers)),
+}
+
+
+def architecture(arch: str) -> Architecture:
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch]
 
 
 def build_encoder(cfg: ModelConfig) -> nn.Module:
     """The encoder named by ``cfg.arch``."""
     cfg.validate()
-    return LxmertEncoder(cfg) if cfg.arch == "lxmert" else SingleStreamEncoder(cfg)
+    return architecture(cfg.arch).encoder(cfg)
 
 
 @dataclass
@@ -53,6 +67,7 @@ class PreTrainingOutput:
     loss: torch.Tensor | None = None  # weighted sum of the objectives (set by pretraining.PretrainTask)
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # per objective (set by PretrainTask)
     accuracy: dict[str, torch.Tensor] = field(default_factory=dict)  # per objective: tensor([correct, total])
+    encoder_output: EncoderOutput | None = None  # with output_attentions / output_hidden_states: attentions, states
 
 
 @dataclass
@@ -60,6 +75,7 @@ class QuestionAnsweringOutput:
     logits: torch.Tensor  # (B, num_answers)
     pooled: torch.Tensor
     loss: torch.Tensor | None = None  # soft-score BCE × num_answers when batch.answer_targets is given
+    encoder_output: EncoderOutput | None = None  # with output_attentions / output_hidden_states: attentions, states
 
 
 @dataclass
@@ -67,6 +83,7 @@ class ClassificationOutput:
     logits: torch.Tensor  # (B, num_labels)
     pooled: torch.Tensor
     loss: torch.Tensor | None = None  # cross-entropy when batch.labels is given
+    encoder_output: EncoderOutput | None = None  # with output_attentions / output_hidden_states: attentions, states
 
 
 class VLMModel(nn.Module):
@@ -81,23 +98,20 @@ class VLMModel(nn.Module):
 
     def init_weights(self) -> None:
         self.apply(lambda m: init_weights(m, self.config.initializer_range))
-        enc = self.encoder
-        if isinstance(enc, SingleStreamEncoder):
-            nn.init.normal_(enc.img_token, std=self.config.initializer_range)
+        init_own = getattr(self.encoder, "init_own_weights", None)  # parameters that are not in a module's weights
+        if init_own is not None:
+            init_own(self.config.initializer_range)
 
     def num_parameters(self) -> int:
         """Number of distinct parameters (tied weights counted once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` (task + model config) and ``model.safetensors`` (no pickle) into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {"task": self.task, "model": self.config.to_dict(), "format": "vlm/1"}
-        write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
-        with atomic_write(directory / WEIGHTS_NAME) as tmp:
-            save_model(self, str(tmp), metadata={"task": self.task, "format": "vlm/1"})
-        return directory
+    def save_pretrained(self, directory: str | Path, *, max_text_len: int | None = None) -> Path:
+        """Write ``config.json`` (task, model config and, when given, the text length the model was trained with)
+        and ``model.safetensors`` (no pickle) into ``directory``: :func:`vlm.models.folder.write_model_files`."""
+        from vlm.models.folder.files import write_model_files  # the folder owner builds models from this module
+
+        return write_model_files(self, directory, max_text_len=max_text_len)
 
     def resize_answer_head(self, answers: Sequence[str], old_answers: Sequence[str]) -> int:
         """Give the QA head the answer table ``answers`` (transformers' ``resize_num_qa_labels``, by name).
@@ -148,8 +162,9 @@ class VLMEncoderModel(VLMModel):
         super().__init__(cfg)
         self.init_weights()
 
-    def forward(self, batch: Batch) -> EncoderOutput:
-        return self.encoder(batch)
+    def forward(self, batch: Batch, output_attentions: bool = False, output_hidden_states: bool = False
+                ) -> EncoderOutput:
+        return self.encoder(batch, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
 
 
 class VLMForPreTraining(VLMModel):
@@ -166,11 +181,13 @@ class VLMForPreTraining(VLMModel):
         self.init_weights()
         self.mlm.decoder.weight = self.encoder.word_embeddings.weight  # keep tied after init
 
-    def forward(self, batch: Batch) -> PreTrainingOutput:
+    def forward(self, batch: Batch, output_attentions: bool = False, output_hidden_states: bool = False
+                ) -> PreTrainingOutput:
         """Encoder + every head. With ``batch.mlm_labels`` set, the vocabulary decoder runs only at the labelled
         positions (``mlm_logits`` is then ``[N, vocab]`` in row-major order of ``mlm_labels != -100``): the decoder is
-        the largest matmul of the model and 85% of text positions carry no MLM target."""
-        enc = self.encoder(batch)
+        the largest matmul of the model and 85% of text positions carry no MLM target. ``output_attentions`` /
+        ``output_hidden_states``: also the encoder's output with them, as ``encoder_output``."""
+        enc = self.encoder(batch, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         text = enc.text_states if batch.mlm_labels is None else enc.text_states[batch.mlm_labels != -100]
         return PreTrainingOutput(
             text_states=enc.text_states,
@@ -180,6 +197,7 @@ class VLMForPreTraining(VLMModel):
             matched_logits=self.matching(enc.pooled),
             region_outputs=self.regions(enc.region_states),
             answer_logits=self.answer(enc.pooled) if self.answer is not None else None,
+            encoder_output=enc if output_attentions or output_hidden_states else None,
         )
 
 
@@ -195,8 +213,12 @@ class VLMForQuestionAnswering(VLMModel):
         self.answer = AnswerHead(cfg, cfg.num_answers)
         self.init_weights()
 
-    def forward(self, batch: Batch) -> QuestionAnsweringOutput:
-        pooled = self.encoder(batch).pooled
+    def forward(self, batch: Batch, output_attentions: bool = False, output_hidden_states: bool = False
+                ) -> QuestionAnsweringOutput:
+        """Answer logits (and the loss with ``batch.answer_targets``); ``output_attentions`` /
+        ``output_hidden_states``: also the encoder's output with them, as ``encoder_output``."""
+        enc = self.encoder(batch, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        pooled = enc.pooled
         logits = self.answer(pooled)
         loss = None
         if batch.answer_targets is not None:
@@ -205,7 +227,8 @@ class VLMForQuestionAnswering(VLMModel):
                 raise DataError(f"Batch.answer_targets: shape {tuple(targets.shape)} but the model has "
                                 f"{logits.shape[1]} answers")
             loss = F.binary_cross_entropy_with_logits(logits, targets) * logits.shape[1]
-        return QuestionAnsweringOutput(logits=logits, pooled=pooled, loss=loss)
+        return QuestionAnsweringOutput(logits=logits, pooled=pooled, loss=loss,
+                                       encoder_output=enc if output_attentions or output_hidden_states else None)
 
 
 class VLMForClassification(VLMModel):
@@ -220,11 +243,16 @@ class VLMForClassification(VLMModel):
         self.classifier = ClassifierHead(cfg, cfg.num_labels)
         self.init_weights()
 
-    def forward(self, batch: Batch) -> ClassificationOutput:
-        pooled = self.encoder(batch).pooled
+    def forward(self, batch: Batch, output_attentions: bool = False, output_hidden_states: bool = False
+                ) -> ClassificationOutput:
+        """Class logits (and the loss with ``batch.labels``); ``output_attentions`` / ``output_hidden_states``: also
+        the encoder's output with them, as ``encoder_output``."""
+        enc = self.encoder(batch, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        pooled = enc.pooled
         logits = self.classifier(pooled)
         loss = F.cross_entropy(logits, batch.labels) if batch.labels is not None else None
-        return ClassificationOutput(logits=logits, pooled=pooled, loss=loss)
+        return ClassificationOutput(logits=logits, pooled=pooled, loss=loss,
+                                    encoder_output=enc if output_attentions or output_hidden_states else None)
 
 
 TASKS: dict[str, type[VLMModel]] = {
@@ -239,53 +267,3 @@ def model_class(task: str) -> type[VLMModel]:
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     return TASKS[task]
-
-
-def from_pretrained(directory: str | Path, task: str | None = None, strict: bool | None = None, **overrides) -> VLMModel:
-    """Load a model written by ``save_pretrained``.
-
-    Args:
-        directory: folder with ``config.json`` and ``model.safetensors``.
-        task: build this task's model instead of the saved one (e.g. a pretraining checkpoint as ``vqa``): the
-            encoder's weights load and the heads that the checkpoint lacks start from a fresh init (logged by name).
-        strict: fail on any missing or unexpected weight. Defaults to True when ``task`` is the saved task.
-        **overrides: model config fields to change (e.g. ``num_answers=13``, dropout).
-    """
-    directory = Path(directory)
-    cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    if not cfg_path.exists() or not w_path.exists():
-        raise CheckpointError(
-            f"{directory}: not a vlm checkpoint (expected {CONFIG_NAME} and {WEIGHTS_NAME}; "
-            "save one with model.save_pretrained(dir))"
-        )
-    try:
-        meta = json.loads(cfg_path.read_text())
-        if not isinstance(meta, dict):
-            raise KeyError("top level is not an object")
-        saved_task, model_dict = meta["task"], meta["model"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise ConfigError(f"{cfg_path}: not a vlm config (expected keys 'task' and 'model'): {e}") from None
-    cfg = ModelConfig()
-    if isinstance(model_dict, dict) and "classifier_head" not in model_dict:
-        cfg.classifier_head = "linear"  # written before the field existed: the classifier was BERT's linear one
-    apply_dict(cfg, model_dict, prefix="model.")
-    if overrides:
-        apply_dict(cfg, overrides, prefix="model.")
-    task = task or saved_task
-    strict = (task == saved_task) if strict is None else strict
-    model = model_class(task)(cfg)
-    try:
-        missing, unexpected = load_model(model, str(w_path), strict=False)
-    except Exception as e:  # truncated or foreign file, or tensors of the wrong shape
-        raise CheckpointError(f"{w_path}: cannot load the weights into a {task!r} model: "
-                              f"{str(e).splitlines()[0][:300]}") from None
-    if strict and (missing or unexpected):
-        raise CheckpointError(
-            f"{w_path}: weights do not match a {task!r} model; missing: {sorted(missing)}; "
-            f"unexpected: {sorted(unexpected)}"
-        )
-    if missing:
-        logger.info("%s: newly initialised (not in the checkpoint): %s", w_path, ", ".join(sorted(missing)))
-    if unexpected:
-        logger.info("%s: unused checkpoint weights: %s", w_path, ", ".join(sorted(unexpected)))
-    return model

@@ -1,12 +1,13 @@
 // vlm serve's page: pick an image, ask, draw the answers as bars and the [CLS] attention over the image.
 // Plain JS, no build step. The image is sent once; later questions send its image_key (sha256 of the file) and fall
-// back to the file when the server's cache no longer has it (404 on image_key).
+// back to the file when the server's cache no longer has it (404 on image_key). A file over the server's body limit
+// (read from GET /v1/model) is refused here, with the server's own 413 message, without being uploaded.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const MAX_SIDE = 400; // px of the longest side of the picture on the page
 
-const state = { file: null, key: null, boxes: null, weights: null };
+const state = { file: null, key: null, boxes: null, weights: null, maxBody: Infinity, tooLarge: "" };
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -20,6 +21,8 @@ async function loadModel() {
     await new Promise((res) => setTimeout(res, 500));
   }
   const info = await (await fetch("/v1/model")).json();
+  state.maxBody = info.limits.max_body_bytes;
+  state.tooLarge = info.limits.body_too_large;
   $("model-line").textContent = `${info.name}: ${info.arch}, ${info.task} over ${info.num_labels} labels, ` +
     `${info.features.backend} features, on ${info.device} (${info.autocast})`;
   if (info.task === "classification") {
@@ -58,7 +61,7 @@ async function useFile(file) {
   const overlay = $("overlay");
   if (!bitmap) { // the browser cannot show it; the server may still read it (it will say if not)
     picture.width = overlay.width = 0;
-    setStatus(`${file.name}: the browser cannot preview it`);
+    setStatus(tooLarge(file) ? state.tooLarge : `${file.name}: the browser cannot preview it`, tooLarge(file));
     return;
   }
   const scale = Math.min(MAX_SIDE / bitmap.width, MAX_SIDE / bitmap.height, 8);
@@ -70,7 +73,12 @@ async function useFile(file) {
   overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
   $("stage").hidden = false;
   $("drop-hint").hidden = true;
-  setStatus("");
+  setStatus(tooLarge(file) ? state.tooLarge : "", tooLarge(file));
+}
+
+// The file alone is over the server's body limit: the request would be refused (413), so it is not sent.
+function tooLarge(file) {
+  return file.size > state.maxBody;
 }
 
 async function send(question, topK, useKey) {
@@ -86,6 +94,7 @@ async function send(question, topK, useKey) {
 async function ask(event) {
   event.preventDefault();
   if (!state.file) { setStatus("choose an image first", true); return; }
+  if (tooLarge(state.file)) { setStatus(state.tooLarge, true); return; }
   const question = $("question").value;
   const topK = Number($("top-k").value) || 5;
   $("submit").disabled = true;

@@ -1,0 +1,78 @@
+"""The feature stores of fine-tuning and evaluation: resolved before a run is built (built-in stores extracted on
+first use), and checked to be made the way a model folder's features record says."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from features.builtin import resolve_stores
+from features.store import FeatureStore, extraction_record, record_differences
+from vlm.data.easy_vqa import is_builtin
+from vlm.engine import distributed as D
+from vlm.errors import DataError
+from vlm.models.folder import FEATURES_NAME, read_features
+
+logger = logging.getLogger(__name__)
+
+
+def features_info(store: Any) -> dict[str, Any]:
+    """How a store's features were made (backend, settings, width, regions, weights): a model folder's record."""
+    return extraction_record(getattr(store, "manifest", {}) or {})
+
+
+def check_features(folder: str | Path, store: Any, *, allow: bool = False, flag: str = "--allow-feature-mismatch"
+                   ) -> None:
+    """Refuse features made another way than the model in ``folder`` was trained on (one line naming the differing
+    settings); ``allow`` turns the refusal into a warning. A folder without a record (older checkpoints) is warned
+    about, not refused.
+
+    Raises:
+        DataError: the store's extraction differs from the model folder's features record.
+    """
+    record = read_features(Path(folder))
+    where = getattr(store, "directory", store)
+    if record is None:
+        logger.warning("%s has no %s (an older checkpoint): cannot check that the features in %s are made the way "
+                       "it was trained on", folder, FEATURES_NAME, where)
+        return
+    diffs = record_differences(record, features_info(store))
+    if not diffs:
+        return
+    message = (f"the features in {where} are made another way than {folder} was trained on: {'; '.join(diffs)} "
+               f"(model vs store)")
+    if not allow:
+        raise DataError(f"{message}; extract them with the model's settings ({Path(folder) / FEATURES_NAME}) or "
+                        f"pass {flag}")
+    logger.warning("%s (%s given)", message, flag)
+
+
+def open_stores(train_dir: Path | None, eval_dir: Path | None) -> tuple[FeatureStore | None, FeatureStore | None]:
+    """The stores of two folders, opened once (the same folder gives the same store object)."""
+    train = FeatureStore(train_dir) if train_dir is not None else None
+    if eval_dir is None:
+        return train, None
+    return train, train if eval_dir == train_dir and train is not None else FeatureStore(eval_dir)
+
+
+def run_stores(train_spec: str, eval_spec: str, *, features: str, eval_features: str, cache_dir: str, backend: str,
+               dist: D.DistInfo = D.DistInfo(), show_progress: bool = True
+               ) -> tuple[FeatureStore, FeatureStore | None]:
+    """The training store and the held-out store (None without held-out data) of a fine-tuning run."""
+    train_dir, eval_dir = resolve_stores(
+        train_builtin=is_builtin(train_spec), eval_builtin=is_builtin(eval_spec), features=features,
+        eval_features=eval_features, cache_dir=cache_dir, backend=backend, need_eval=bool(eval_spec),
+        what=train_spec, is_main=dist.is_main, barrier=D.barrier, progress=show_progress and dist.is_main)
+    train, held = open_stores(train_dir, eval_dir)
+    assert train is not None
+    return train, held
+
+
+def eval_store(spec: str, *, split: str, features: str, cache_dir: str, backend: str,
+               show_progress: bool = True) -> FeatureStore:
+    """The store of the examples ``vlm evaluate`` scores: ``features`` when given, else the built-in one."""
+    _, store_dir = resolve_stores(train_builtin=False, eval_builtin=is_builtin(spec), eval_features=features,
+                                  cache_dir=cache_dir, backend=backend, eval_split=split, need_train=False,
+                                  what=spec, progress=show_progress)
+    return FeatureStore(store_dir)
