@@ -22,7 +22,7 @@ For each trained VQA model folder given, on easy-VQA test images and questions w
     python bench/diagnose_grounding.py --model runs/ft-lxmert-vqa-pre/model --model runs/ft-vilbert-vqa-pre/model \
         --init lxmert=runs/pretrain-lxmert/model --init vilbert=runs/pretrain-vilbert/model
 
-Numbers go to stdout (and ``--json FILE``); docs/training.md records a run.
+Numbers go to stdout (and ``--json FILE``); docs/results.md records a run.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import vlm
 from downstream.modality import text_only
 from features.builtin import builtin_store, default_cache_dir
 from features.store import FeatureStore
-from vlm.data.collate import TokenTable, pad_regions, regions_of
+from vlm.data.collate import make_batch
 from vlm.data.easy_vqa import EASY_VQA_COLOURS, read_easy_vqa, read_image_attributes
 from vlm.models.attention import region_attention
 
@@ -55,13 +55,9 @@ SHAPE_SHARE = 0.25  # a region covers the shape when at least this share of its 
 # ------------------------------------------------------------------------------------------------------- batches
 
 
-def make_batch(store: FeatureStore, image_ids: list[str], texts: list[str], tok: Any) -> vlm.Batch:
-    table = TokenTable(texts, tok, 40)
-    ids, mask = table.pad(np.arange(len(texts)), tok.pad_token_id)
-    feats, boxes, rmask = pad_regions([regions_of(store[i]) for i in image_ids])
-    return vlm.Batch(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                     token_type_ids=torch.zeros(ids.shape, dtype=torch.long), region_feats=torch.from_numpy(feats),
-                     region_boxes=torch.from_numpy(boxes), region_mask=torch.from_numpy(rmask))
+def batch_of(store: FeatureStore, image_ids: list[str], texts: list[str], tok: Any, max_len: int) -> vlm.Batch:
+    """The texts with their images' regions, through the one batch builder, truncated to the model's text length."""
+    return make_batch(tok, texts, [store[i] for i in image_ids], max_len)[0]
 
 
 def capture(model: vlm.VLMModel, batch: vlm.Batch) -> dict[str, Any]:
@@ -160,13 +156,13 @@ def region_cover(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def probe_colour(model: vlm.VLMModel, store: FeatureStore, images: list[str], colours: list[str], tok: Any,
-                 batch_size: int) -> dict[str, dict[str, float]]:
+                 max_len: int, batch_size: int) -> dict[str, dict[str, float]]:
     region_means: dict[str, list[np.ndarray]] = defaultdict(list)
     cls: dict[str, list[np.ndarray]] = defaultdict(list)
     pooled = []
     for s in range(0, len(images), batch_size):
         ids = images[s:s + batch_size]
-        batch = make_batch(store, ids, [FIXED_QUESTION] * len(ids), tok)
+        batch = batch_of(store, ids, [FIXED_QUESTION] * len(ids), tok, max_len)
         out = capture(model, batch)
         m = batch.region_mask.unsqueeze(-1).float()
         for name, r in zip(out["region_names"], out["region"]):
@@ -194,11 +190,11 @@ def colour_questions(questions: list[Any], colour_of: dict[str, str]) -> list[tu
 
 
 def probe_agreement(model: vlm.VLMModel, store: FeatureStore, rows: list[tuple[Any, str, bool]], answers: list[str],
-                    tok: Any, batch_size: int) -> dict[str, float]:
+                    tok: Any, max_len: int, batch_size: int) -> dict[str, float]:
     fused, blind, right = [], [], []
     for s in range(0, len(rows), batch_size):
         part = rows[s:s + batch_size]
-        batch = make_batch(store, [q.image_id for q, _, _ in part], [q.question for q, _, _ in part], tok)
+        batch = batch_of(store, [q.image_id for q, _, _ in part], [q.question for q, _, _ in part], tok, max_len)
         out = capture(model, batch)
         fused.append(out["pooled"].numpy())
         right += [answers[int(i)] == q.answers[0] for i, (q, _, _) in zip(out["logits"].argmax(1), part)]
@@ -221,7 +217,7 @@ def probe_agreement(model: vlm.VLMModel, store: FeatureStore, rows: list[tuple[A
 
 
 def attention_to_shape(model: vlm.VLMModel, store: FeatureStore, rows: list[tuple[Any, str, bool]], tok: Any,
-                       image_paths: dict[str, str], batch_size: int) -> dict[str, dict[str, float]]:
+                       max_len: int, image_paths: dict[str, str], batch_size: int) -> dict[str, dict[str, float]]:
     word_mass: dict[int, list[float]] = defaultdict(list)
     cls_mass: dict[int, list[float]] = defaultdict(list)
     share: list[float] = []
@@ -229,7 +225,7 @@ def attention_to_shape(model: vlm.VLMModel, store: FeatureStore, rows: list[tupl
     for s in range(0, len(rows), batch_size):
         part = rows[s:s + batch_size]
         image_ids = [q.image_id for q, _, _ in part]
-        batch = make_batch(store, image_ids, [q.question for q, _, _ in part], tok)
+        batch = batch_of(store, image_ids, [q.question for q, _, _ in part], tok, max_len)
         out = capture(model, batch)
         for r, (q, colour, _) in enumerate(part):
             img = q.image_id
@@ -305,20 +301,21 @@ def _table(title: str, rows: dict[str, dict[str, float]]) -> str:
 def diagnose(path: str, args: argparse.Namespace, store: FeatureStore, tok: Any) -> dict[str, Any]:
     import easy_vqa
 
-    model = vlm.from_pretrained(path).eval()
+    loaded = vlm.load_model_folder(path, tasks=("vqa",))
+    model, answers, max_len = loaded.model, loaded.labels, loaded.max_text_len
     arch = model.config.arch
-    answers = vlm.data.vqa.AnswerVocab.load(Path(path) / "answers.json").answers
     questions = read_easy_vqa("test")
     attributes, _ = read_image_attributes(questions)
     images = sorted((i for i in attributes if i in store), key=int)[:args.images]
     colour_of = {i: attributes[i][0] for i in attributes}
     result: dict[str, Any] = {"model": path, "arch": arch}
     t0 = time.perf_counter()
-    result["colour_probe"] = probe_colour(model, store, images, [colour_of[i] for i in images], tok, args.batch_size)
+    result["colour_probe"] = probe_colour(model, store, images, [colour_of[i] for i in images], tok, max_len,
+                                          args.batch_size)
     rows = [r for r in colour_questions(questions, colour_of) if r[0].image_id in store][:args.questions]
-    result["agreement"] = probe_agreement(model, store, rows, answers, tok, args.batch_size)
+    result["agreement"] = probe_agreement(model, store, rows, answers, tok, max_len, args.batch_size)
     paths = {str(k): v for k, v in easy_vqa.get_test_image_paths().items()}
-    result["attention"] = attention_to_shape(model, store, rows, tok, paths, args.batch_size)
+    result["attention"] = attention_to_shape(model, store, rows, tok, max_len, paths, args.batch_size)
     result["seconds"] = time.perf_counter() - t0
     return result
 

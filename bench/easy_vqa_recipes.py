@@ -4,7 +4,7 @@ Trains a VQA model (``lxmert-mini`` or ``vilbert-mini``, text side from all-Mini
 on the built-in easy-VQA features held in memory, in a plain loop (AdamW, linear warm-up and decay, clipping 1.0,
 ``vlm.precision.autocast``), and prints test accuracy per question type every ``--eval-every`` steps with the wall
 time, so that variants can be compared at equal budgets. Each variant is one row of the table in
-``docs/training.md``; the presets in ``configs/`` are the winner.
+``docs/results.md``; the presets in ``configs/`` are the winner.
 
 Usage::
 

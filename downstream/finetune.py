@@ -39,6 +39,7 @@ from vlm.models.folder import arch_of, is_model_folder, resolve_folder, save_mod
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class FinetuneDataConfig(DataConfig):
     """Where the examples come from, on top of the shared data fields (stores, text length, answer rule, limits)."""
@@ -51,7 +52,7 @@ class FinetuneDataConfig(DataConfig):
 class FinetuneConfig:
     """A fine-tuning run."""
 
-    task: str = choice("vqa", COMMAND_TASKS)  # "vqa" (answer head, soft-score BCE) or "classify" ([CLS] classifier, CE)
+    task: str = choice("vqa", COMMAND_TASKS)  # "vqa" (answer head, soft-score BCE) or "classify" ([CLS] classifier)
     modality: str = choice("fused", MODALITIES)  # "fused"; "text" or "image" trains a unimodal baseline
     init: str = "lxmert-mini"  # a model preset, or a checkpoint folder (e.g. runs/pretrain-lxmert/model)
     model: dict = field(default_factory=dict)  # model config overrides (e.g. hidden_dropout_prob: 0.1)
@@ -69,21 +70,6 @@ class FinetuneConfig:
 
     def to_yaml(self) -> str:
         return run_config_yaml(self)
-
-
-def load_finetune_config(config: str | None = None, task: str | None = None, arch: str | None = None,
-                         overrides: list[str] | None = None) -> FinetuneConfig:
-    """Preset ``configs/finetune/<name>.yaml`` (default ``<arch>-<task>``) or a YAML file, then dotted overrides."""
-    name = config or f"{arch or 'lxmert'}-{task or 'vqa'}"
-    cfg = load_run_config(FinetuneConfig, "finetune", name, overrides or [])
-    cfg.init = resolve_init(cfg.init)
-    if task and cfg.task != task:
-        raise ConfigError(f"--task {task}: the config {name} is for task {cfg.task!r}")
-    if arch:
-        found = init_arch(cfg.init)
-        if found != arch:
-            raise ConfigError(f"--arch {arch}: the model to fine-tune ({cfg.init}) is {found!r}")
-    return cfg
 
 
 def load_finetune_config(config: str | None = None, task: str | None = None, arch: str | None = None,

@@ -130,3 +130,10 @@ def test_a_bad_folder_is_one_line_everywhere(tmp_path):
     out = subprocess.run([sys.executable, "-m", "vlm.cli", "describe", str(tmp_path)], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2 and "not a vlm config" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_create_model_takes_a_model_yaml_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("arch: vilbert\nhidden_size: 32\nnum_attention_heads: 4\nintermediate_size: 64\nnum_layers: 1\n")
+    model = vlm.create_model(str(path), task="vqa", labels=["yes", "no"])
+    assert (model.config.arch, model.config.hidden_size, model.config.num_answers) == ("vilbert", 32, 2)

@@ -290,3 +290,10 @@ def test_classifier_head_mlp_by_default_linear_on_request_and_for_older_checkpoi
     torch.testing.assert_close(again(b).logits, lin.eval()(b).logits, atol=0, rtol=0)
     with pytest.raises(vlm.ConfigError, match="model.classifier_head: expected one of mlp, linear, got 'deep'"):
         vlm.create_model("lxmert-mini", task="classification", classifier_head="deep")
+
+
+def test_every_architecture_name_has_one_registry_entry():
+    from vlm.config import ARCHS
+    from vlm.models.tasks import ARCHITECTURES
+
+    assert tuple(ARCHITECTURES) == ARCHS

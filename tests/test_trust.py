@@ -363,7 +363,7 @@ def test_init_accepts_a_run_folder(vqa_run, tmp_path, easy_vqa_stores, caplog):
     with caplog.at_level(logging.WARNING):
         assert main(["finetune", "--task", "vqa", "--init", str(vqa_run), "--data", "easy-vqa", "--features",
                      easy_vqa_stores[0], "--out", str(tmp_path / "ft"), *FAST]) == 0
-    assert "is a run folder: starting from its model" in caplog.text
+    assert "is a run folder: using its model" in caplog.text
 
 
 def test_predict_names_an_answer_file_that_does_not_fit_the_head(vqa_run, tmp_path, capsys):

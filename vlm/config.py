@@ -27,8 +27,8 @@ from vlm.data.vqa import SOFT_SCORE_RULES
 from vlm.fields import ConfigError, Range, apply_dict, check_fields, choice, override_dict, parse_override, ranged
 
 __all__ = ["ARCHS", "COMMAND_TASKS", "PRECISIONS", "ConfigError", "DataConfig", "ModelConfig", "Range", "TrainConfig",
-           "apply_dict", "check_fields", "choice", "find_run_config", "list_presets", "load_run_config", "load_yaml", "model_config",
-           "override_dict", "parse_override", "presets_dir", "ranged", "run_config_yaml"]
+           "apply_dict", "check_fields", "choice", "find_run_config", "list_presets", "load_run_config", "load_yaml",
+           "model_config", "override_dict", "parse_override", "presets_dir", "ranged", "run_config_yaml"]
 
 ARCHS = ("lxmert", "vilbert")
 #: The task vocabulary: command-line task name → the model task a model folder stores (other names are the same).

@@ -108,7 +108,7 @@ def test_question_without_features_is_counted_and_reported(tmp_path, store, capl
 def test_bad_init_is_a_clear_error(tmp_path, store, capsys):
     assert main(["finetune", "--task", "vqa", "--init", str(tmp_path / "nothing"), "--data", "easy-vqa",
                  "--features", store, "--out", str(tmp_path / "r"), *FAST]) == 2
-    assert "not a checkpoint folder" in capsys.readouterr().err
+    assert "not a model folder (no config.json) and not a model preset" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("arch", ["lxmert", "vilbert"])

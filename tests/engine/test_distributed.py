@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlm.config import ConfigError
-from vlm.engine.distributed import DistInfo, resolve_device, start
+from vlm.config import ConfigError, TrainConfig
+from vlm.engine.distributed import DistInfo, resolve_device
+from vlm.engine.run import start_run
 
 
 def test_auto_is_this_ranks_gpu_or_the_cpu():
@@ -21,9 +22,13 @@ def test_a_missing_cuda_device_is_a_config_error_naming_the_key():
         resolve_device("cuda:7", DistInfo())
 
 
-def test_start_resolves_the_device_and_seeds_torch_without_a_process_group():
-    device = start(DistInfo(), "cpu", seed=5)
+def test_start_run_resolves_the_device_and_seeds_torch_without_a_process_group(tmp_path):
+    run = start_run(TrainConfig(device="cpu", seed=5), out_dir=tmp_path / "run")
     drawn = torch.rand(3)
     torch.manual_seed(5)
-    assert device == torch.device("cpu") and torch.equal(drawn, torch.rand(3))
+    assert run.device == torch.device("cpu") and torch.equal(drawn, torch.rand(3))
     assert not torch.distributed.is_initialized()
+    run.seed_training()  # the training RNG: seed + rank
+    drawn = torch.rand(3)
+    torch.manual_seed(5 + 0)
+    assert torch.equal(drawn, torch.rand(3))

@@ -32,12 +32,16 @@ class Architecture:
 
     encoder: Callable[[ModelConfig], nn.Module]  # the encoder class
     depth: Callable[[ModelConfig], str]  # the layer counts, as ``vlm models`` and ``vlm describe`` print them
+    text_stack: str  # the encoder's BERT stack over the words (what a BERT's layers load into)
+    text_depth: Callable[[ModelConfig], int]  # its number of layers
+    cross_init: bool = False  # ``model.cross_init="text"`` copies text layers into region/cross layers
 
 
 #: The model registry: architecture name (``model.arch``) → its parts.
 ARCHITECTURES: dict[str, Architecture] = {
-    "lxmert": Architecture(LxmertEncoder, lambda c: f"{c.l_layers}L/{c.r_layers}R/{c.x_layers}X"),
-    "vilbert": Architecture(SingleStreamEncoder, lambda c: str(c.num_layers)),
+    "lxmert": Architecture(LxmertEncoder, lambda c: f"{c.l_layers}L/{c.r_layers}R/{c.x_layers}X", "text_layers",
+                           lambda c: c.l_layers, cross_init=True),
+    "vilbert": Architecture(SingleStreamEncoder, lambda c: str(c.num_layers), "layers", lambda c: c.num_layers),
 }
 
 

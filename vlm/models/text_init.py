@@ -17,7 +17,7 @@ from vlm.config import ConfigError
 from vlm.convert.importing import is_lxmert, map_state_dict, resolve_source
 from vlm.errors import CheckpointError
 from vlm.io import MINILM_ALIASES, minilm_path
-from vlm.models.tasks import VLMModel
+from vlm.models.tasks import VLMModel, architecture
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def load_text_weights(model: VLMModel, name_or_path: str) -> list[str]:
     bert_layers = 1 + max((int(m.group(1)) for k in mapped if (m := re.match(r"encoder\.layers\.(\d+)\.", k))),
                           default=-1)
     cfg = model.config
-    want = cfg.l_layers if cfg.arch == "lxmert" else cfg.num_layers
+    arch = architecture(cfg.arch)
+    want = arch.text_depth(cfg)
     if want > bert_layers:
         raise ConfigError(f"{path}: has {bert_layers} layers but the model's text side has {want}")
     own = model.state_dict()
@@ -64,7 +65,7 @@ def load_text_weights(model: VLMModel, name_or_path: str) -> list[str]:
         if m:
             if int(m.group(1)) >= want:
                 continue
-            k = f"encoder.{'text_layers' if cfg.arch == 'lxmert' else 'layers'}.{m.group(1)}.{m.group(2)}"
+            k = f"encoder.{arch.text_stack}.{m.group(1)}.{m.group(2)}"
         if k not in own:
             continue
         if own[k].shape != v.shape:
@@ -72,7 +73,7 @@ def load_text_weights(model: VLMModel, name_or_path: str) -> list[str]:
         new[k] = v
     model.load_state_dict(new, strict=False)
     logger.info("initialised %d text-side weights from %s", len(new), path)
-    if cfg.arch == "lxmert" and cfg.cross_init == "text":
+    if arch.cross_init and cfg.cross_init == "text":
         new.update(_copy_text_layers(model))
     return sorted(new)
 

@@ -50,6 +50,7 @@ from vlm.models.folder.files import (
 )
 
 __all__ = ["ANSWERING_TASKS", "ANSWERS_NAME", "CLASSES_NAME", "CONFIG_NAME", "FEATURES_NAME", "FORMAT", "WEIGHTS_NAME",
-           "FolderInfo", "LoadedModel", "arch_of", "build_model", "count_parameters", "check_folder", "command_task", "create_model", "describe",
-           "from_pretrained", "is_model_folder", "load_model_folder", "load_weights", "model_task", "read_features",
-           "read_labels", "resolve_folder", "save_model_folder", "text_len_of", "write_model_files"]
+           "FolderInfo", "LoadedModel", "arch_of", "build_model", "check_folder", "command_task", "count_parameters",
+           "create_model", "describe", "from_pretrained", "is_model_folder", "load_model_folder", "load_weights",
+           "model_task", "read_features", "read_labels", "resolve_folder", "save_model_folder", "text_len_of",
+           "write_model_files"]

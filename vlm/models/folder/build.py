@@ -105,16 +105,18 @@ def create_model(preset_or_folder: str | Path, task: str = "encoder", *, labels:
     Args:
         preset_or_folder: a preset name, a model YAML, or a model folder.
         task: ``encoder``, ``pretraining``, ``vqa``, ``classification`` (``classify`` is accepted).
-        labels: the new head's labels in row order: answers (vqa) or classes (classification); sets the head size.
+        labels: the new head's labels in row order: answers (vqa) or classes (classification); they set the head size
+            unless ``num_answers``/``num_labels`` is given (a classifier has at least 2 outputs).
         **overrides: model config fields, e.g. ``x_layers=3``, ``num_answers=13``, ``text_init="all-minilm-l6-v2"``.
     """
     task = model_task(task)
     overrides = dict(overrides)
     if labels is not None:
-        overrides["num_answers" if task in ("vqa", "pretraining") else "num_labels"] = len(labels)
+        overrides.setdefault("num_answers" if task in ("vqa", "pretraining") else "num_labels", len(labels))
     folder = Path(preset_or_folder)
     if not is_model_folder(folder):
-        if folder.exists() or "/" in str(preset_or_folder):
+        is_yaml = folder.suffix in (".yaml", ".yml", ".json") and folder.is_file()
+        if not is_yaml and (folder.exists() or "/" in str(preset_or_folder)):
             raise CheckpointError(f"{preset_or_folder}: not a model folder (no {CONFIG_NAME}) and not a model preset")
         return _from_preset(str(preset_or_folder), task, overrides)
     info = describe(folder)

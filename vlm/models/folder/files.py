@@ -210,8 +210,8 @@ def text_len_of(info: FolderInfo) -> int:
     if info.text_len_source != "recorded":
         where = ("the default of data.max_text_len" if info.text_len_source == "default"
                  else f"data.max_text_len of {info.text_len_source}")
-        logger.warning("%s records no text length (written before vlm recorded it): truncating texts to %d tokens, "
-                       "%s", info.path, info.max_text_len, where)
+        logger.warning("%s records no text length (written before vlm recorded it, or by save_pretrained without "
+                       "max_text_len): truncating texts to %d tokens, %s", info.path, info.max_text_len, where)
     return info.max_text_len
 
 
