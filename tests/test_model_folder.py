@@ -20,19 +20,6 @@ from vlm.models import folder as F
 
 from vlm_testing import TINY_MODEL
 
-TINY = [f"model.{k}={'null' if v is None else v}" for k, v in TINY_MODEL.items()]
-FAST = ["--max-steps", "2", "--no-progress", "train.batch_size=4", "train.precision=fp32", "train.log_every=1",
-        "data.train_limit=16", "data.eval_limit=8", *TINY]
-
-
-@pytest.fixture(scope="module")
-def short_text_model(easy_vqa_stores, tmp_path_factory) -> Path:
-    """A tiny LXMERT VQA model fine-tuned on texts truncated to 12 tokens."""
-    out = tmp_path_factory.mktemp("short") / "run"
-    assert main(["finetune", "--task", "vqa", "--arch", "lxmert", "--features", easy_vqa_stores[0],
-                 "--eval-features", easy_vqa_stores[1], "--out", str(out), "data.max_text_len=12", *FAST]) == 0
-    return out / "model"
-
 
 def test_the_folder_records_the_text_length_and_describe_reads_it_without_weights(short_text_model):
     meta = json.loads((short_text_model / F.CONFIG_NAME).read_text())

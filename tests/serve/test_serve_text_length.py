@@ -4,29 +4,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import easy_vqa
 import httpx
-import pytest
 
 import vlm
 from vlm.cli import main
 
-from serve_testing import FAST, running_server
+from serve_testing import running_server
 
 #: 30 tokens with [CLS] and [SEP]; the first 11 (then [SEP]) are what a model trained on 12 tokens sees.
 LONG_QUESTION = "what color is the shape in the middle of this image that has a shape which is drawn in one " \
                 "colour only and no shape near it ?"
-
-
-@pytest.fixture(scope="module")
-def short_text_model(easy_vqa_stores, tmp_path_factory) -> Path:
-    """A tiny LXMERT VQA model fine-tuned on texts truncated to 12 tokens."""
-    out = tmp_path_factory.mktemp("short") / "run"
-    assert main(["finetune", "--task", "vqa", "--arch", "lxmert", "--features", easy_vqa_stores[0],
-                 "--eval-features", easy_vqa_stores[1], "--out", str(out), "data.max_text_len=12", *FAST]) == 0
-    return out / "model"
 
 
 def test_predict_serve_and_evaluate_truncate_as_training_did(short_text_model, easy_vqa_stores, tmp_path, capsys):

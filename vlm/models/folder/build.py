@@ -20,11 +20,11 @@ from vlm.models.folder.files import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     FolderInfo,
-    _read_config,
     check_folder,
     describe,
     is_model_folder,
     model_task,
+    read_config,
     text_len_of,
 )
 from vlm.models.tasks import VLMModel, model_class
@@ -75,7 +75,7 @@ def from_pretrained(directory: str | Path, task: str | None = None, strict: bool
         **overrides: model config fields to change (e.g. ``num_answers=13``, dropout).
     """
     directory = Path(directory)
-    saved_task, cfg, _ = _read_config(directory)
+    saved_task, cfg, _ = read_config(directory)
     if not (directory / WEIGHTS_NAME).is_file():
         raise CheckpointError(f"{directory}: not a vlm checkpoint (expected {CONFIG_NAME} and {WEIGHTS_NAME}; "
                               "save one with model.save_pretrained(dir))")

@@ -104,8 +104,12 @@ class FolderInfo:
         return None
 
 
-def _read_config(folder: Path) -> tuple[str, ModelConfig, dict[str, Any]]:
-    """``(task, model config, the whole config.json)``."""
+def read_config(folder: Path) -> tuple[str, ModelConfig, dict[str, Any]]:
+    """``(task, model config, the whole config.json)`` of a model folder.
+
+    Raises:
+        CheckpointError: no ``config.json``, or one that is not a vlm config (the message names the file and key).
+    """
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{folder}: not a vlm checkpoint (no {CONFIG_NAME}; a model folder holds {CONFIG_NAME} "
@@ -119,11 +123,11 @@ def _read_config(folder: Path) -> tuple[str, ModelConfig, dict[str, Any]]:
         raise CheckpointError(f"{path}: not a vlm config (expected keys 'task' and 'model'): {e}") from None
     if task not in TASKS:
         raise CheckpointError(f"{path}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    cfg = ModelConfig()
-    if isinstance(model_dict, dict) and "classifier_head" not in model_dict:
-        cfg.classifier_head = "linear"  # written before the field existed: the classifier was BERT's linear one
     if not isinstance(model_dict, dict):
         raise CheckpointError(f"{path}: 'model' is not an object of model config fields")
+    cfg = ModelConfig()
+    if "classifier_head" not in model_dict:
+        cfg.classifier_head = "linear"  # written before the field existed: the classifier was BERT's linear one
     try:
         apply_dict(cfg, model_dict, prefix="model.")
     except ConfigError as e:
@@ -196,7 +200,7 @@ def describe(folder: str | Path) -> FolderInfo:
         DataError: label or features files that do not fit.
     """
     folder = Path(folder)
-    task, cfg, meta = _read_config(folder)
+    task, cfg, meta = read_config(folder)
     max_len, source = _text_len(folder, meta)
     info = FolderInfo(path=folder, task=task, config=cfg, format=str(meta.get("format", "vlm/1")),
                       max_text_len=max_len, text_len_source=source, features=read_features(folder),
