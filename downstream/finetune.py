@@ -89,7 +89,8 @@ def load_finetune_config(config: str | None = None, task: str | None = None, arc
 
 def finetune(cfg: FinetuneConfig, *, out_dir: str | Path | None = None, resume: str | bool | None = None,
              overwrite: bool = False, dist: D.DistInfo = D.DistInfo(), show_progress: bool = True) -> dict[str, Any]:
-    """Fine-tune and return the summary (also ``<out>/summary.json``, ``metrics.json``, ``predictions.json``).
+    """Fine-tune and return the summary (also ``<out>/summary.json``, ``metrics.json``, ``predictions.json``, and
+    ``validation.json`` when ``data.holdout_images`` validates).
 
     A run already in ``out_dir`` is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
     """
@@ -104,8 +105,7 @@ def prepare_finetuning(cfg: FinetuneConfig, *, out_dir: str | Path | None = None
     the feature stores (built-in ones extracted on first use), build the run."""
     run = start_run(cfg.train, out_dir=out_dir, resume=resume, overwrite=overwrite, dist=dist)
     d = cfg.data
-    eval_spec = "" if d.holdout_images else cfg.eval_spec()  # validation: held-out training images replace it
-    train_store, eval_store = run_stores(cfg.train_spec(), eval_spec, features=d.features,
+    train_store, eval_store = run_stores(cfg.train_spec(), cfg.eval_spec(), features=d.features,
                                          eval_features=d.eval_features, cache_dir=d.cache_dir, backend=d.backend,
                                          dist=dist, show_progress=show_progress)
     return FinetuneRun(cfg, run=run, train_store=train_store, eval_store=eval_store, show_progress=show_progress)
@@ -113,7 +113,13 @@ def prepare_finetuning(cfg: FinetuneConfig, *, out_dir: str | Path | None = None
 
 class FinetuneRun:
     """A fine-tuning run assembled from its config, its started run and its stores (:func:`finetune` makes all three
-    first). The constructor only wires (it creates no file); :meth:`run` trains and writes."""
+    first). The constructor only wires (it creates no file); :meth:`run` trains and writes.
+
+    The data it evaluates: without ``data.holdout_images``, the held-out data (``data.eval`` or the built-in test
+    split) during training and at the end. With it, the held-out training images are the *validation* data, which
+    the periodic evaluations and the stopping rule (``train.best_metric``) see; the test data, when there is some, is
+    scored once, at the end, with the weights the run keeps.
+    """
 
     def __init__(self, cfg: FinetuneConfig, *, run: RunContext, train_store: FeatureStore,
                  eval_store: FeatureStore | None = None, show_progress: bool = True) -> None:
@@ -121,36 +127,48 @@ class FinetuneRun:
         self.train_store = train_store
         d = cfg.data
         spec = cfg.train_spec()
-        eval_spec = "" if d.holdout_images else cfg.eval_spec()
+        test_spec = cfg.eval_spec()
         tok = vlm.load_tokenizer()
-        held_store = eval_store or train_store
+        test_store = eval_store or train_store
         overrides = dict(cfg.model, visual_feat_dim=train_store.feature_dim)
         self.vocab: AnswerVocab | None = None
         self.classes: ClassList | None = None
-        self.eval_data: VQAData | ClassifyData | None = None
+        self.eval_data: VQAData | ClassifyData | None = None  # what training evaluates (validation or test)
+        self.test_data: VQAData | ClassifyData | None = None  # with validation: the test data, scored at the end
         if cfg.task == "vqa":
-            train_ex, ev = self._split(read_vqa(spec, "train"), spec)
+            train_ex, val = self._split(read_vqa(spec, "train"), spec)
             self.vocab = AnswerVocab.from_questions((example_answers(e) for e in train_ex), d.answer_min_count)
             self.train_data: VQAData | ClassifyData = VQAData(train_ex, train_store, tok, self.vocab,
                                                               d.max_text_len, d.soft_score_rule, name="train")
-            if eval_spec:
-                ev = read_vqa(eval_spec, "test")
-            if ev:
-                self.eval_data = VQAData(ev[:d.eval_limit or None], held_store, tok, self.vocab, d.max_text_len,
-                                         d.soft_score_rule, name="eval", with_targets=False)
+
+            def vqa_data(examples: list, store: FeatureStore, name: str) -> VQAData:
+                return VQAData(examples[:d.eval_limit or None], store, tok, self.vocab, d.max_text_len,
+                               d.soft_score_rule, name=name, with_targets=False)
+
+            if val:
+                self.eval_data = vqa_data(val, train_store, "validation")
+            if test_spec:
+                self.test_data = vqa_data(read_vqa(test_spec, "test"), test_store, "test")
             labels = self.vocab.answers
         else:
             all_train, self.classes = read_classification(spec, "train")
-            train_ex, ev = self._split(all_train, spec)
+            train_ex, val = self._split(all_train, spec)
             check_training_labels(train_ex, self.classes, spec)
             num_labels = max(2, len(self.classes))
             self.train_data = ClassifyData(train_ex, train_store, tok, num_labels, d.max_text_len, name="train")
-            if eval_spec:
-                ev, _ = read_classification(eval_spec, "test", self.classes)  # the training file's class ids
-            if ev:
-                self.eval_data = ClassifyData(ev[:d.eval_limit or None], held_store, tok, num_labels,
-                                              d.max_text_len, name="eval")
+
+            def classify_data(examples: list, store: FeatureStore, name: str) -> ClassifyData:
+                return ClassifyData(examples[:d.eval_limit or None], store, tok, num_labels, d.max_text_len,
+                                    name=name)
+
+            if val:
+                self.eval_data = classify_data(val, train_store, "validation")
+            if test_spec:  # the training file's class ids
+                self.test_data = classify_data(read_classification(test_spec, "test", self.classes)[0], test_store,
+                                               "test")
             labels, overrides["num_labels"] = self.classes.names, num_labels
+        if self.eval_data is None:  # no validation: training evaluates the test data itself
+            self.eval_data, self.test_data = self.test_data, None
         if is_model_folder(cfg.init):  # a model folder: its features must be made the same way
             check_features(cfg.init, train_store, allow=d.allow_feature_mismatch,
                            flag="--allow-feature-mismatch (data.allow_feature_mismatch=true)")
@@ -180,12 +198,17 @@ class FinetuneRun:
             examples, held = split_holdout(examples, d.holdout_images, spec)
         return examples[:d.train_limit or None], held
 
+    def _evaluate(self, data: VQAData | ClassifyData) -> tuple[dict, dict]:
+        return evaluate(self.model, data, self.cfg.train.batch_size * 2, self.device, self.cfg.train.precision,
+                        self.dist, self.transform)
+
     def run(self) -> dict[str, Any]:
-        result = self.trainer.train()
+        result = self.trainer.train()  # the model now holds the weights the run keeps (the best, with a rule)
         summary: dict[str, Any] = {"task": self.cfg.task, "modality": self.cfg.modality,
                                    "arch": self.model.config.arch, "init": self.cfg.init,
                                    "run_dir": str(self.run_dir), "train": dataclasses.asdict(self.train_data.report),
                                    "eval_data": dataclasses.asdict(self.eval_data.report) if self.eval_data else None,
+                                   "test_data": dataclasses.asdict(self.test_data.report) if self.test_data else None,
                                    **result}
         if self.dist.is_main:
             final = save_model_folder(self.run_dir / "model", self.model, max_text_len=self.cfg.data.max_text_len,
@@ -193,11 +216,15 @@ class FinetuneRun:
                                       features=features_info(self.train_store))
             summary["model"] = str(final)
         if self.eval_data is not None:
-            if self._last_eval is not None and self._last_eval[0] == self.trainer.step:
-                _, metrics, preds = self._last_eval  # the trainer evaluated the final weights already
+            if self._last_eval is not None and self._last_eval[0] == self.trainer.weights_step:
+                _, metrics, preds = self._last_eval  # the trainer evaluated the kept weights last
             else:
-                metrics, preds = evaluate(self.model, self.eval_data, self.cfg.train.batch_size * 2, self.device,
-                                          self.cfg.train.precision, self.dist, self.transform)
+                metrics, preds = self._evaluate(self.eval_data)
+            if self.test_data is not None:  # the eval data was the validation split: score the test data once
+                summary["validation"] = metrics
+                if self.dist.is_main:
+                    write_text(self.run_dir / "validation.json", json.dumps(metrics, indent=2) + "\n")
+                metrics, preds = self._evaluate(self.test_data)
             summary["metrics"] = metrics
             if self.dist.is_main:
                 write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -86,3 +86,50 @@ def test_finetune_and_pretrain_validate_on_held_out_training_images(tmp_path, ea
     assert summary["train"]["kept"] == len(train) and summary["eval_data"]["kept"] == len(held)
     written = yaml.safe_load((tmp_path / "pre" / "config.yaml").read_text())
     assert written["data"]["holdout_images"] == 4  # the run folder says how it was validated
+
+
+def test_finetune_selects_on_validation_and_scores_the_test_data_once(tmp_path, easy_vqa_stores):
+    """With data.holdout_images and a stopping rule: the rule sees validation only, the kept model is the best
+    validation checkpoint, and the test data is scored once, at the end, with that model."""
+    import torch
+    from safetensors.torch import load_file
+
+    from downstream.finetune import finetune, load_finetune_config
+    from features.store import FeatureStore
+    from vlm.data.easy_vqa import read_easy_vqa
+
+    from vlm_testing import TINY_MODEL
+
+    train_store, test_store = easy_vqa_stores
+    def lxmert_json(split: str, store: str, path) -> list:
+        ids = set(FeatureStore(store).ids())
+        rows = [e for e in read_easy_vqa(split) if e.image_id in ids]
+        path.write_text(json.dumps([{"question_id": e.question_id, "img_id": e.image_id, "sent": e.question,
+                                     "label": {a: 1.0 for a in e.answers}} for e in rows]))
+        return rows
+
+    questions = lxmert_json("train", train_store, tmp_path / "train.json")
+    tests = lxmert_json("test", test_store, tmp_path / "test.json")
+    _, held = split_holdout(questions, 4, str(tmp_path / "train.json"))
+    tiny = [f"model.{k}={'null' if v is None else v}" for k, v in TINY_MODEL.items()]
+    cfg = load_finetune_config(task="vqa", arch="lxmert", overrides=[
+        "train.max_steps=6", "train.batch_size=8", "train.precision=fp32", "train.lr=3e-3", "train.eval_every=1",
+        "train.keep_last=1", "train.best_metric=overall", "train.patience=2", "data.holdout_images=4",
+        f"data.train={tmp_path / 'train.json'}", f"data.features={train_store}",
+        f"data.eval={tmp_path / 'test.json'}", f"data.eval_features={test_store}", *tiny])
+    out = tmp_path / "ft"
+    summary = finetune(cfg, out_dir=out, show_progress=False)
+
+    history = summary["eval"]
+    assert all(r["eval/n"] == len(held) for r in history)  # every evaluation during training: validation
+    best = max(history, key=lambda r: r["eval/overall"])  # the first of equal values is the best
+    assert summary["best"]["step"] == best["step"] == summary["weights_step"]
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["overall"] == best["eval/overall"] and validation["n"] == len(held)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == len(tests) and summary["metrics"] == metrics  # the test data, scored once
+    preds = json.loads((out / "predictions.json").read_text())
+    assert sorted(p["question_id"] for p in preds) == sorted(e.question_id for e in tests)
+    kept = load_file(str(out / "model" / "model.safetensors"))
+    ckpt = load_file(str(out / "checkpoints" / f"step-{best['step']:08d}" / "model.safetensors"))
+    assert kept.keys() == ckpt.keys() and all(torch.equal(kept[k], ckpt[k]) for k in kept)

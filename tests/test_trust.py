@@ -24,7 +24,7 @@ from vlm_testing import TINY_MODEL
 FIX = Path(__file__).parent / "downstream" / "fixtures"
 TINY = [f"model.{k}={'null' if v is None else v}" for k, v in TINY_MODEL.items()]
 FAST = ["--max-steps", "2", "--no-progress", "train.batch_size=4", "train.precision=fp32", "train.log_every=1",
-        "data.train_limit=16", "data.eval_limit=8", *TINY]
+        "data.train_limit=16", "data.eval_limit=8", "data.holdout_images=0", *TINY]
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

@@ -100,7 +100,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from downstream.finetune import finetune, load_finetune_config
     from vlm.engine.distributed import DistInfo
-    from vlm.reports import format_metrics
+    from vlm.reports import format_finetune_summary
 
     overrides = list(args.overrides)
     for flag, key in ((args.init, "init"), (args.data, "data.train"), (args.eval_data, "data.eval"),
@@ -116,8 +116,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     summary = finetune(cfg, out_dir=args.out, resume=args.resume, overwrite=args.overwrite, dist=dist,
                        show_progress=not args.no_progress)
     if dist.is_main:
-        print(format_metrics(summary.get("metrics"), f"fine-tuned {summary['arch']} ({summary['task']}) for "
-                             f"{summary['steps']} steps; model: {summary.get('model')}"))
+        print(format_finetune_summary(summary))
     return 0
 
 

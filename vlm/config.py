@@ -108,6 +108,8 @@ class TrainConfig:
     weight_decay: float = ranged(0.01, ge=0)  # AdamW decoupled weight decay (not applied to biases and norms)
     betas: tuple[float, float] = ranged((0.9, 0.999), ge=0, lt=1)  # AdamW betas
     warmup_ratio: float = ranged(0.05, ge=0, lt=1)  # fraction of steps with linear warm-up
+    # after the warm-up: "linear" decay to 0 at the last step, "cosine" (half a cosine to 0), "constant"
+    lr_schedule: str = choice("linear", ("linear", "cosine", "constant"))
     epochs: float = ranged(1.0, gt=0)  # passes over the training data
     max_steps: int = ranged(0, ge=0)  # stop after this many optimiser steps (0: use epochs)
     batch_size: int = ranged(64, ge=1)  # samples per optimiser step on one process (before accumulation)
@@ -121,7 +123,14 @@ class TrainConfig:
     eval_every: int = ranged(0, ge=0)  # steps between evaluations (0: at the end of each epoch)
     save_every: int = ranged(0, ge=0)  # steps between checkpoints (0: at the end only)
     out_dir: str = "runs/default"  # run folder: config, metrics.jsonl, checkpoints
-    keep_last: int = ranged(2, ge=0)  # checkpoints kept in the run folder (0: all)
+    keep_last: int = ranged(2, ge=0)  # checkpoints kept in the run folder (0: all); the best one is kept besides
+    # the stopping rule (vlm.engine.stopping): the evaluation metric that picks the best checkpoint, whose weights
+    # become the run's model ("overall", "accuracy", "matching/accuracy", ...; "": the last weights)
+    best_metric: str = ""
+    best_mode: str = choice("max", ("max", "min"))  # "max": higher is better (accuracies); "min": lower (losses)
+    patience: int = ranged(0, ge=0)  # stop after this many evaluations in a row without improvement (0: never early)
+    min_delta: float = ranged(0.0, ge=0)  # an improvement must exceed the best by more than this
+    min_steps: int = ranged(0, ge=0)  # never stop early before this step
     device: str = "auto"  # "auto" (this rank's GPU when there is one, else cpu), "cpu", "cuda", "cuda:1"
 
     def validate(self) -> None:
@@ -131,6 +140,9 @@ class TrainConfig:
             ConfigError: naming the key.
         """
         check_fields(self, prefix="train.")
+        if self.patience and not self.best_metric:
+            raise ConfigError(f"train.patience={self.patience} needs train.best_metric (the evaluation metric it "
+                              "watches, e.g. overall or accuracy)")
 
 
 @dataclass

@@ -46,6 +46,24 @@ def format_metrics(metrics: dict | None, title: str) -> str:
     return "\n".join(lines)
 
 
+def format_finetune_summary(summary: dict) -> str:
+    """The report printed after ``vlm finetune``: steps, which weights the model holds (the stopping rule's best, when
+    there is one), then the metrics: validation and test when the run validated on held-out training images."""
+    title = (f"fine-tuned {summary['arch']} ({summary['task']}) for {summary['steps']} steps; "
+             f"model: {summary.get('model')}")
+    best = summary.get("best")
+    if best and best.get("step") is not None:
+        where = "validation" if summary.get("validation") is not None else "held-out"
+        title += (f"\n  kept: the weights of step {best['step']}, the best {where} {best['metric']} "
+                  f"({best['value']:.4f})")
+        if best.get("stopped_early_at") is not None:
+            title += f"; stopped early at step {best['stopped_early_at']} (no improvement since)"
+    if summary.get("validation") is not None:
+        return "\n".join([title, format_metrics(summary["validation"], "validation (held-out training images):"),
+                          format_metrics(summary.get("metrics"), "test:")])
+    return format_metrics(summary.get("metrics"), title)
+
+
 def models_table(rows: list[tuple[str, ...]]) -> str:
     """``vlm models``: one line per preset, columns aligned."""
     head = ("preset", "arch", "hidden", "layers", "region dim", "encoder params", "pretraining params")

@@ -17,6 +17,7 @@ from vlm_testing import TINY_MODEL
 FIX = Path(__file__).parent / "fixtures"
 TINY = [f"model.{k}={'null' if v is None else v}" for k, v in TINY_MODEL.items()]
 FAST = ["--max-steps", "3", "--no-progress", "train.batch_size=2", "train.lr=1e-3", "train.precision=fp32",
+        "data.holdout_images=0",  # fixtures of a few images: --eval-data is the held-out data
         "train.log_every=1", "train.save_every=0", *TINY]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from downstream.vqa import load_results, soft_accuracy, vqa_accuracy, write_results
-from vlm.data.easy_vqa import read_easy_vqa
+from vlm.data.easy_vqa import EASY_VQA_COLOURS, read_easy_vqa
 from vlm.data.vqa import AnswerVocab, answer_targets
 from vlm.data.vqa_formats import read_lxmert_json, read_vqa_v2
 from vlm.errors import DataError
@@ -84,9 +84,13 @@ def test_read_easy_vqa_test_split():
     assert len(examples) == 9673
     assert [e.question_id for e in examples[:3]] == [0, 1, 2]
     assert all(isinstance(e.image_id, str) for e in examples) and examples[0].image_id == "0"
-    types = {e.question_type for e in examples}
-    assert types == {"yes/no", "colour", "shape"}
+    assert {e.answer_type for e in examples} == {"yes/no", "colour", "shape"}
     assert sum(e.answer_type == "yes/no" for e in examples) == 7136  # the package README's count
+    # question types split the yes/no questions by what they ask about
+    kinds = {(e.question_type, e.answer_type) for e in examples}
+    assert kinds == {("colour yes/no", "yes/no"), ("shape yes/no", "yes/no"), ("colour", "colour"), ("shape", "shape")}
+    colour_yn = [e for e in examples if e.question_type == "colour yes/no"]
+    assert len(colour_yn) == 5201 and all(any(c in e.question for c in EASY_VQA_COLOURS) for e in colour_yn)
     shape = next(e for e in examples if e.answer_type == "shape")
     assert len(shape.answers) == 1 and shape.label == {shape.answers[0]: 1.0}
 

@@ -84,6 +84,18 @@ def easy_vqa_question_type(answer: str) -> str | None:
     return None
 
 
+def easy_vqa_question_kind(question: str, answer: str) -> str | None:
+    """The question type easy-VQA's evaluation reports: ``colour``, ``shape``, or a yes/no question split by what it
+    asks about — ``colour yes/no`` (it names a colour: "is the shape red?") or ``shape yes/no`` ("is there a circle?").
+    The two yes/no kinds behave differently: a colour yes/no question needs the image's colour, and its question-only
+    prior is what a model that ignores the image falls back to."""
+    kind = easy_vqa_question_type(answer)
+    if kind == "yes/no":
+        words = question.lower().replace("?", " ").split()
+        return "colour yes/no" if any(c in words for c in EASY_VQA_COLOURS) else "shape yes/no"
+    return kind
+
+
 def easy_vqa_questions_path(split: str) -> Path:
     """The ``questions.json`` of an easy-VQA split inside the installed package."""
     if split not in EASY_VQA_SPLITS:
@@ -126,7 +138,8 @@ def read_easy_vqa(split: str, questions_path: PathLike | None = None) -> list[VQ
         if isinstance(image_id, bool) or not isinstance(image_id, int):
             raise DataError(f"{where}: field 'image_id': expected an integer, got {image_id!r}")
         out.append(VQAExample(question_id=i, image_id=str(image_id), question=question, answers=[answer],
-                              answer_type=qtype, question_type=qtype, label={answer: 1.0},
+                              answer_type=qtype, question_type=easy_vqa_question_kind(question, answer),
+                              label={answer: 1.0},
                               multiple_choice_answer=answer))
     return out
 

@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,10 @@ class CheckpointManager:
         return ckpts[-1] if ckpts else None
 
     def save(self, step: int, model: Any, trainer_state: dict[str, Any], run_config_yaml: str,
-             max_text_len: int | None = None) -> Path:
-        """Write checkpoint ``step`` atomically and prune to the last ``keep_last``; returns its folder. The model's
-        files record ``max_text_len`` (the run's text length) when given."""
+             max_text_len: int | None = None, keep: Iterable[int] = ()) -> Path:
+        """Write checkpoint ``step`` atomically and prune to the last ``keep_last``, besides the steps in ``keep``
+        (the stopping rule's best); returns its folder. The model's files record ``max_text_len`` (the run's text
+        length) when given."""
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.dir / step_dir_name(step)
         if final.exists():
@@ -116,13 +118,14 @@ class CheckpointManager:
         (tmp / RUN_CONFIG_NAME).write_text(run_config_yaml, encoding="utf-8")
         publish_dir(tmp, final)
         write_text(self.dir / "latest.txt", final.name + "\n")  # informational; list() is the source of truth
-        self._prune()
+        self._prune(keep)
         return final
 
-    def _prune(self) -> None:
+    def _prune(self, keep: Iterable[int] = ()) -> None:
         if self.keep_last <= 0:
             return
-        for old in self.list()[:-self.keep_last]:
+        kept = {step_dir_name(s) for s in keep}
+        for old in [p for p in self.list()[:-self.keep_last] if p.name not in kept]:
             trash = self.dir / f".trash-{old.name}-{os.getpid()}"
             os.replace(old, trash)
             remove_dir(trash)

@@ -6,7 +6,8 @@ bottom.
 batch source (see :mod:`vlm.engine.loader`), a :class:`vlm.TrainConfig`, the model whose weights are checkpointed,
 and the run folder. It does AdamW without decay on biases and norms, linear warm-up then linear decay, gradient
 accumulation (DDP's ``no_sync`` on all but the last micro-batch), clipping, mixed precision (``vlm.precision``),
-metrics to ``metrics.jsonl``, periodic evaluation, atomic checkpoints and exact resume. Under DDP, a probe step before
+metrics to ``metrics.jsonl``, periodic evaluation, the stopping rule (best checkpoint, early stopping:
+:mod:`vlm.engine.stopping`), atomic checkpoints and exact resume. Under DDP, a probe step before
 wrapping finds the parameters that get no gradient, so that DDP searches for unused parameters only when there are
 some. Constructing a ``Trainer`` creates no file and runs nothing: the probe, the wrap and every write happen in
 :meth:`Trainer.train`.
@@ -31,15 +32,18 @@ from vlm.engine import distributed as D
 from vlm.engine.checkpoint import (
     RUN_MARK,
     CheckpointManager,
+    is_checkpoint,
     load_trainer_state,
     load_weights,
     resolve_resume,
     rng_state,
     set_rng_state,
+    step_dir_name,
 )
 from vlm.engine.loader import BatchSource, EpochPlan, StepBatches
 from vlm.engine.metrics import MetricsLogger, RunningMean, progress
 from vlm.engine.run import RunContext
+from vlm.engine.stopping import StoppingRule
 from vlm.errors import CheckpointError, VLMError
 from vlm.io import write_text
 from vlm.precision import autocast, autocast_dtype
@@ -70,10 +74,21 @@ def adamw(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.AdamW:
 
 def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """LR multiplier: 0 → 1 over ``warmup_steps``, then 1 → 0 at ``total_steps``."""
+    return lr_schedule("linear", total_steps, warmup_steps)
+
+
+def lr_schedule(kind: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier of ``train.lr_schedule``: 0 → 1 over ``warmup_steps``, then ``linear`` (1 → 0 at
+    ``total_steps``), ``cosine`` (half a cosine from 1 to 0 at ``total_steps``) or ``constant`` (1)."""
 
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
+        if kind == "constant":
+            return 1.0
+        if kind == "cosine":
+            done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return factor
@@ -119,7 +134,8 @@ class Trainer:
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         self.optimizer = adamw(param_groups(task, cfg.weight_decay), cfg)
         warmup = int(cfg.warmup_ratio * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(self.total_steps, warmup))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lr_schedule(cfg.lr_schedule, self.total_steps, warmup))
         self.amp_dtype = autocast_dtype(self.device, cfg.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.evaluate_fn = evaluate
@@ -131,6 +147,13 @@ class Trainer:
         self.epoch = 0
         self.position = 0  # micro-batches of `epoch` consumed
         self.history: list[dict[str, Any]] = []  # eval records of this process
+        self.stopping = StoppingRule.from_config(cfg)
+        if self.stopping is not None and evaluate is None:  # e.g. a preset's rule on data without a held-out part
+            logger.warning("train.best_metric=%s: this run has nothing to evaluate (no held-out data), so it keeps "
+                           "its last weights and runs to train.max_steps; give it validation data (data.holdout_images"
+                           ", --eval-data) to use the stopping rule", cfg.best_metric)
+            self.stopping = None
+        self.weights_step: int | None = None  # the step whose weights the model holds after train()
 
     def _wrap_ddp(self) -> None:
         """Wrap the task in DDP (several processes): a probe step first finds whether some parameters get no
@@ -224,7 +247,7 @@ class Trainer:
         last_record: dict[str, float] = {}
         if self._epoch_evaluation_due(batches):  # resumed between an epoch's last step and its evaluation
             self.run_evaluation()
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not self._stopped():
             record = self.train_step(next(batches))
             self.step += 1
             self.epoch, self.position = batches.epoch, batches.position
@@ -242,17 +265,47 @@ class Trainer:
                 self.save()
             if self._epoch_evaluation_due(batches):
                 self.run_evaluation()
+            if self._stopped():  # decided by this step's evaluation (and recorded in the checkpoints since)
+                if self.dist.is_main:
+                    logger.warning("early stop at step %d of %d: %s", self.step, self.total_steps,
+                                   self.stopping.describe())
+                break
         batches.close()
         bar.close()
         if window:
             self._log_window(window, time.perf_counter() - window_start)
         if not self.history or self.history[-1]["step"] != self.step:
             self.run_evaluation()
-        ckpt = self.save()
+        ckpt = self.save()  # the last step's state: what a resume continues from (or finds stopped)
         self.metrics.close()
+        self.weights_step = self.step
+        best = None
+        if self.stopping is not None:
+            best = self.stopping.summary()
+            best["checkpoint"] = str(self._restore_best())
         return {"steps": self.step, "epochs": self.epoch + self.position / max(1, self.plan.batches_per_epoch),
                 "first": first, "last": last_record, "eval": self.history, "checkpoint": str(ckpt),
+                "best": best, "weights_step": self.weights_step,
                 "resumed_from": str(resumed_from) if resumed_from else None}
+
+    def _stopped(self) -> bool:
+        """A run resumed from the checkpoint its early stop wrote does not train on."""
+        return self.stopping is not None and self.stopping.stopped_at is not None
+
+    def _restore_best(self) -> Path:
+        """Load the best evaluation's weights into the model (every rank; the checkpoint is on the shared run folder)
+        and return its checkpoint; the last step's weights stay in the last checkpoint."""
+        assert self.stopping is not None and self.stopping.best_step is not None
+        best = self.checkpoints.dir / step_dir_name(self.stopping.best_step)
+        if self.stopping.best_step != self.step:
+            if not is_checkpoint(best):
+                raise CheckpointError(f"{best}: the best evaluation's checkpoint ({self.stopping.describe()}) is "
+                                      "missing or incomplete; the last step's weights are in the latest checkpoint")
+            load_weights(self.save_model, best)
+            self.weights_step = self.stopping.best_step
+            if self.dist.is_main:
+                logger.warning("the run's model is the best evaluation's: %s (%s)", best, self.stopping.describe())
+        return best
 
     def _epoch_evaluation_due(self, batches: StepBatches) -> bool:
         """With ``eval_every == 0``, evaluate at each epoch's end; at the last step the final evaluation does.
@@ -261,7 +314,9 @@ class Trainer:
         cannot fill a step holds that evaluation first; one saved at the epoch's very end (``position ==
         batches_per_epoch``) resumes in the next epoch without it, as the loop always did.
         """
-        return not self.cfg.eval_every and batches.epoch_finished and self.step < self.total_steps
+        evaluated = bool(self.history) and self.history[-1]["step"] == self.step  # e.g. saved as a new best
+        return (not self.cfg.eval_every and batches.epoch_finished and self.step < self.total_steps and not evaluated
+                and not self._stopped())
 
     def _log_window(self, window: list[dict[str, float]], seconds: float) -> None:
         keys = window[0].keys()
@@ -279,9 +334,16 @@ class Trainer:
         record = {"step": self.step, **{f"eval/{k}": v for k, v in result.items()}}
         self.history.append(record)
         self.metrics.log(self.step, {k: v for k, v in record.items() if k != "step"})
+        improved = False
+        if self.stopping is not None:
+            improved = self.stopping.update(record)
+            self.stopping.should_stop(self.step)  # decided here, so that every checkpoint from now on records it
         if self.dist.is_main:
-            logger.info("eval at step %d: %s", self.step,
-                        ", ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float)))
+            logger.info("eval at step %d: %s%s", self.step,
+                        ", ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float)),
+                        f" ({self.stopping.describe()})" if self.stopping is not None else "")
+        if improved:
+            self.save()  # the best checkpoint (a collective under DDP: every rank evaluates, so every rank is here)
         return result
 
     # ---------------------------------------------------------------------------------------------------------- state
@@ -296,6 +358,7 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "position": self.position,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rngs, "history": self.history,
+                "stopping": self.stopping.state_dict() if self.stopping is not None else None,
                 "plan": {"world_size": self.dist.world_size, "batch_size": self.cfg.batch_size,
                          "grad_accum": self.cfg.grad_accum, "seed": self.cfg.seed, "examples": len(self.source)}}
 
@@ -303,8 +366,10 @@ class Trainer:
         state = self.state_dict()  # a collective under DDP: every rank takes part
         path = None
         if self.dist.is_main:
+            best = self.stopping.best_step if self.stopping is not None else None
+            keep = [best] if best is not None else []
             path = self.checkpoints.save(self.step, self.save_model, state, self.run_config_yaml,
-                                         max_text_len=self.max_text_len)
+                                         max_text_len=self.max_text_len, keep=keep)
             logger.info("checkpoint %s", path)
         D.barrier()
         return path or self.checkpoints.dir / f"step-{self.step:08d}"
@@ -331,6 +396,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.history = list(state.get("history", []))
+        if self.stopping is not None:
+            self.stopping.load_state_dict(state.get("stopping"))
         rngs = state["rng"]
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
         if self.dist.is_main:
