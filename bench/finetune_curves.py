@@ -63,7 +63,8 @@ def priors(train: list) -> dict[str, str]:
 def score(examples: list, answers: list[str], prior: dict[str, str]) -> dict[str, float]:
     right = np.array([a == e.answers[0] for e, a in zip(examples, answers)])
     kinds = np.array([e.question_type for e in examples])
-    against = np.array([prior.get(template(e.question)) != e.answers[0] for e in examples])
+    templates = [template(e.question) for e in examples]
+    against = np.array([prior.get(t) != e.answers[0] for t, e in zip(templates, examples)])
     out = {"overall": 100 * right.mean()}
     for kind in ("colour", "shape", "colour yes/no", "shape yes/no"):
         sel = kinds == kind
@@ -72,8 +73,8 @@ def score(examples: list, answers: list[str], prior: dict[str, str]) -> dict[str
         sel = (kinds == kind) & against
         out[f"{kind} against prior"] = 100 * right[sel].mean() if sel.any() else float("nan")
     by_template: dict[str, list[bool]] = defaultdict(list)
-    for e, r in zip(examples, right):
-        by_template[template(e.question)].append(bool(r))
+    for t, r in zip(templates, right):
+        by_template[t].append(bool(r))
     worst = min(by_template, key=lambda t: np.mean(by_template[t]))
     out["worst template"] = f"{100 * np.mean(by_template[worst]):.1f} ({worst}?)"
     return out

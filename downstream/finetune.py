@@ -179,8 +179,7 @@ class FinetuneRun:
         self._last_eval: tuple[int, dict, dict] | None = None  # (step, metrics, predictions) of the latest eval
 
         def evaluate_fn(model: torch.nn.Module) -> dict[str, float]:
-            metrics, preds = evaluate(model, self.eval_data, cfg.train.batch_size * 2, self.device,
-                                      cfg.train.precision, self.dist, self.transform)
+            metrics, preds = self._evaluate(self.eval_data, model)
             self._last_eval = (self.trainer.step, metrics, preds)
             return _flat(metrics)
 
@@ -198,9 +197,9 @@ class FinetuneRun:
             examples, held = split_holdout(examples, d.holdout_images, spec)
         return examples[:d.train_limit or None], held
 
-    def _evaluate(self, data: VQAData | ClassifyData) -> tuple[dict, dict]:
-        return evaluate(self.model, data, self.cfg.train.batch_size * 2, self.device, self.cfg.train.precision,
-                        self.dist, self.transform)
+    def _evaluate(self, data: VQAData | ClassifyData, model: torch.nn.Module | None = None) -> tuple[dict, dict]:
+        return evaluate(self.model if model is None else model, data, self.cfg.train.batch_size * 2, self.device,
+                        self.cfg.train.precision, self.dist, self.transform)
 
     def run(self) -> dict[str, Any]:
         result = self.trainer.train()  # the model now holds the weights the run keeps (the best, with a rule)

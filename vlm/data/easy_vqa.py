@@ -85,8 +85,9 @@ def easy_vqa_question_type(answer: str) -> str | None:
 
 
 def easy_vqa_question_kind(question: str, answer: str) -> str | None:
-    """The question type easy-VQA's evaluation reports: ``colour``, ``shape``, or a yes/no question split by what it
-    asks about — ``colour yes/no`` (it names a colour: "is the shape red?") or ``shape yes/no`` ("is there a circle?").
+    """The question type easy-VQA's evaluation reports: ``colour``, ``shape``, or a yes/no question split by what
+    it asks about — ``colour yes/no`` (it names a colour: "is the shape red?") or ``shape yes/no`` ("is there a
+    circle?").
     The two yes/no kinds behave differently: a colour yes/no question needs the image's colour, and its question-only
     prior is what a model that ignores the image falls back to."""
     kind = easy_vqa_question_type(answer)

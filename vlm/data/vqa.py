@@ -51,8 +51,8 @@ class VQAExample:
         question: the question text.
         answers: the human answers (ten in VQA v2, one in easy-VQA, none in LXMERT files or test splits).
         answer_type: ``yes/no``, ``number``, ``other`` (VQA v2); ``yes/no``, ``colour``, ``shape`` (easy-VQA).
-        question_type: VQA v2's question prefix (``what color is the``); easy-VQA: ``colour``, ``shape``, ``colour yes/no``
-            or ``shape yes/no`` (:func:`vlm.data.easy_vqa.easy_vqa_question_kind`).
+        question_type: VQA v2's question prefix (``what color is the``); easy-VQA: ``colour``, ``shape``,
+            ``colour yes/no`` or ``shape yes/no`` (:func:`vlm.data.easy_vqa.easy_vqa_question_kind`).
         label: soft scores ``{answer: score}`` when the file gives them (LXMERT; easy-VQA: ``{answer: 1.0}``).
         multiple_choice_answer: VQA v2's most common human answer, when given.
     """
