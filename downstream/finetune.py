@@ -107,7 +107,7 @@ def prepare_finetuning(cfg: FinetuneConfig, *, out_dir: str | Path | None = None
     d = cfg.data
     train_store, eval_store = run_stores(cfg.train_spec(), cfg.eval_spec(), features=d.features,
                                          eval_features=d.eval_features, cache_dir=d.cache_dir, backend=d.backend,
-                                         dist=dist, show_progress=show_progress)
+                                         dist=dist, show_progress=show_progress, shared_cache=d.shared_cache)
     return FinetuneRun(cfg, run=run, train_store=train_store, eval_store=eval_store, show_progress=show_progress)
 
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from features.builtin import resolve_stores
+from features.builtin import agree_on_stores, resolve_stores
 from features.store import FeatureStore, extraction_record, record_differences
 from vlm.data.easy_vqa import is_builtin
 from vlm.engine import distributed as D
@@ -48,7 +48,7 @@ def check_features(folder: str | Path, store: Any, *, allow: bool = False, flag:
     logger.warning("%s (%s given)", message, flag)
 
 
-def open_stores(train_dir: Path | None, eval_dir: Path | None) -> tuple[FeatureStore | None, FeatureStore | None]:
+def open_stores(train_dir: Path | str | None, eval_dir: Path | str | None) -> tuple[FeatureStore | None, FeatureStore | None]:
     """The stores of two folders, opened once (the same folder gives the same store object)."""
     train = FeatureStore(train_dir) if train_dir is not None else None
     if eval_dir is None:
@@ -57,15 +57,22 @@ def open_stores(train_dir: Path | None, eval_dir: Path | None) -> tuple[FeatureS
 
 
 def run_stores(train_spec: str, eval_spec: str, *, features: str, eval_features: str, cache_dir: str, backend: str,
-               dist: D.DistInfo = D.DistInfo(), show_progress: bool = True
+               dist: D.DistInfo = D.DistInfo(), show_progress: bool = True, shared_cache: bool = False
                ) -> tuple[FeatureStore, FeatureStore | None]:
-    """The training store and the held-out store (None without held-out data) of a fine-tuning run."""
+    """The training store and the held-out store (None without held-out data) of a fine-tuning run.
+
+    Under torchrun the built-in stores are extracted by one process per cache (``shared_cache``: global rank 0;
+    otherwise each node's local rank 0), and every rank checks that it reads the same store as the others
+    (:func:`features.builtin.agree_on_stores`).
+    """
     train_dir, eval_dir = resolve_stores(
         train_builtin=is_builtin(train_spec), eval_builtin=is_builtin(eval_spec), features=features,
         eval_features=eval_features, cache_dir=cache_dir, backend=backend, need_eval=bool(eval_spec),
-        what=train_spec, is_main=dist.is_main, barrier=D.barrier, progress=show_progress and dist.is_main)
+        what=train_spec, is_main=dist.is_main if shared_cache else dist.is_local_main, barrier=D.barrier,
+        progress=show_progress and (dist.is_main if shared_cache else dist.is_local_main))
     train, held = open_stores(train_dir, eval_dir)
     assert train is not None
+    agree_on_stores(train, held, agree=D.agree)
     return train, held
 
 

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from features.errors import FeaturesError
+from features.store.remote import is_url
 
-__all__ = ["builtin_store", "builtin_store_path", "default_cache_dir", "resolve_stores"]
+__all__ = ["agree_on_stores", "builtin_store", "builtin_store_path", "default_cache_dir", "resolve_stores"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,30 +63,42 @@ def _complete(store: Path) -> bool:
 
 def builtin_store(split: str, cache_dir: str | os.PathLike[str] | None = None, backend: str = "auto", *,
                   is_main: bool = True, barrier: Callable[[], None] = lambda: None, progress: bool = True) -> Path:
-    """The easy-VQA feature store of ``split``, extracted on first use (by the main rank) and reused afterwards.
+    """The easy-VQA feature store of ``split``, extracted on first use (by one process) and reused afterwards.
 
     Extraction runs under a forked torch RNG, so whether the cache existed never changes the caller's random draws
     (a run's model initialisation does not depend on it).
+
+    Under torchrun every process calls ``barrier`` once, whether its cache holds the store or not (a rank that
+    skipped it while another node's ranks entered it would hang the job); the process that extracts does so before
+    it, the others find the store complete after it.
 
     Args:
         split: ``train`` or ``test``.
         cache_dir: the cache folder (None: :func:`default_cache_dir` without the environment).
         backend: ``auto`` (the measured default) or a backend name with its own defaults.
-        is_main: this process extracts when the store is missing; the others wait at ``barrier``.
-        barrier: a collective every process calls after the main one finished (``torch.distributed`` barrier).
+        is_main: this process extracts when the store is missing (the caller picks one per cache: global rank 0 for
+            a cache every node shares, local rank 0 for a cache per node); the others wait at ``barrier``.
+        barrier: a collective every process calls (``torch.distributed`` barrier; a no-op in a single process).
         progress: draw the extraction's progress bar.
+
+    Raises:
+        FeaturesError: after the barrier, the store is still missing for a process that did not extract (its cache is
+            not the folder the extracting process wrote: a per-node cache declared shared).
     """
     out = builtin_store_path(split, cache_dir if cache_dir else default_cache_dir(), backend)
-    if not _complete(out):
-        if is_main:
-            from features.extract import extract
+    if is_main and not _complete(out):
+        from features.extract import extract
 
-            name, options = _settings(backend)
-            logger.warning("extracting built-in features: easy-vqa:%s with %s %s into %s (first use only)",
-                           split, name, options, out)
-            with torch.random.fork_rng(devices=[]):
-                extract(f"easy-vqa:{split}", out, name, options, part=(0, 1), device="cpu", progress=progress)
-        barrier()
+        name, options = _settings(backend)
+        logger.warning("extracting built-in features: easy-vqa:%s with %s %s into %s (first use only)",
+                       split, name, options, out)
+        with torch.random.fork_rng(devices=[]):
+            extract(f"easy-vqa:{split}", out, name, options, part=(0, 1), device="cpu", progress=progress)
+    barrier()
+    if not _complete(out):
+        raise FeaturesError(f"built-in features {out} are missing after the extracting process finished: this "
+                            "process's cache folder is not the one it wrote to; on several nodes, set "
+                            "data.shared_cache=false unless data.cache_dir is one folder every node sees")
     return out
 
 
@@ -93,8 +106,11 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
                    cache_dir: str | os.PathLike[str] | None = None, backend: str = "auto", train_split: str = "train",
                    eval_split: str = "test", need_train: bool = True, need_eval: bool = True, what: str = "the data",
                    is_main: bool = True, barrier: Callable[[], None] = lambda: None, progress: bool = True
-                   ) -> tuple[Path | None, Path | None]:
+                   ) -> tuple[Path | str | None, Path | str | None]:
     """The feature stores of a run: ``(train store, held-out store)``; the one rule of every command.
+
+    A store given by ``http(s)://`` URL is returned as that string (:class:`~features.store.FeatureStore` reads it
+    over HTTP); a folder as a ``Path``.
 
     * training: ``features`` when given; else the built-in store of ``train_split`` when the training data is built
       in; else an error (a store is needed);
@@ -114,7 +130,7 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
     train = eval_ = None
     if need_train or (need_eval and not eval_features and not (eval_builtin and not features)):
         if features:
-            train = Path(features)
+            train = features if is_url(features) else Path(features)
         elif train_builtin:
             train = builtin_store(train_split, cache_dir, backend, is_main=is_main, barrier=barrier,
                                       progress=progress)
@@ -123,10 +139,26 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
                                 "vlm extract makes one)")
     if need_eval:
         if eval_features:
-            eval_ = Path(eval_features)
+            eval_ = eval_features if is_url(eval_features) else Path(eval_features)
         elif eval_builtin and not features:
             eval_ = builtin_store(eval_split, cache_dir, backend, is_main=is_main, barrier=barrier,
                                    progress=progress)
         else:
             eval_ = train
     return (train if need_train else None), eval_
+
+
+def agree_on_stores(train: Any, held: Any = None, *,
+                    agree: Callable[[str, Any, str], None] = lambda what, value, advice: None) -> None:
+    """Refuse to train unless every process reads the same stores: ``agree`` (``vlm.engine.distributed.agree``
+    under torchrun) compares their fingerprints (:func:`~features.store.store_fingerprint`) across ranks.
+
+    Nodes with a feature cache of their own extract the built-in features each; nodes of different CPUs can write
+    different float16 features, and a job that trained on both would mix them.
+    """
+    from features.store import store_fingerprint
+
+    mine = [store_fingerprint(train.manifest)] + ([store_fingerprint(held.manifest)] if held is not None else [])
+    agree("the feature stores (fingerprints of the training and held-out stores)", mine,
+          "every rank must read the same features: copy one node's store to the others, or set "
+          "data.shared_cache=true with one data.cache_dir that every node sees")

@@ -120,8 +120,8 @@ def _extract_parser() -> argparse.ArgumentParser:
 
 
 def _features_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlm features", description="Inspect feature stores and import TSV features.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{inspect,import-tsv}")
+    parser = argparse.ArgumentParser(prog="vlm features", description="Inspect, import, stage and serve feature stores.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{inspect,import-tsv,stage,serve}")
     inspect = sub.add_parser("inspect", help="print a store's manifest summary and verify every shard's checksum")
     inspect.add_argument("dir", help="store folder")
     inspect.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the shards")
@@ -138,6 +138,19 @@ def _features_parser() -> argparse.ArgumentParser:
     imp.add_argument("--overwrite", action="store_true", help="replace an existing store in OUT")
     imp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     imp.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    stage = sub.add_parser("stage", help="copy a store from a web server to a local folder, each shard verified")
+    stage.add_argument("url", help="the store folder's http(s):// URL")
+    stage.add_argument("out", help="local folder (new, empty, or an interrupted copy of the same store: resumes)")
+    stage.add_argument("--retries", type=int, default=None,
+                       help="further tries of a failed request (default: VLM_HTTP_RETRIES, else 3)")
+    stage.add_argument("--timeout", type=float, default=None,
+                       help="seconds to wait for the server (default: VLM_HTTP_TIMEOUT, else 60)")
+    stage.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    serve = sub.add_parser("serve", help="serve a store folder over HTTP with Range requests (a trusted network)")
+    serve.add_argument("dir", help="store folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: any free one; default: %(default)s)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
 
 
@@ -290,17 +303,56 @@ def _import_tsv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from features.store.stage import stage_store
+
+    bar = None if args.no_progress else tqdm(total=0, unit="B", unit_scale=True, desc="staging")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    try:
+        result = stage_store(args.url, args.out, retries=args.retries, timeout=args.timeout, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{args.out}: {result['shards']} shards ({result['bytes'] / 1e6:.1f} MB), {result['fetched']} fetched, "
+          f"{result['kept']} already there and verified; sha256 of every shard checked")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from features.store.serve import make_server
+
+    server = make_server(args.dir, args.host, args.port, verbose=args.verbose)
+    host, port = server.server_address[:2]
+    print(f"serving {args.dir} at http://{host}:{port} (Range requests; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def extract_main(argv: list[str] | None = None) -> int:
     """``vlm extract``: extract region features into a feature store. Returns the exit status."""
     return _run("vlm extract", _extract_parser(), argv, _extract)
 
 
 def features_main(argv: list[str] | None = None) -> int:
-    """``vlm features inspect|import-tsv``. Returns the exit status."""
+    """``vlm features inspect|import-tsv|stage|serve``. Returns the exit status."""
     parser = _features_parser()
+    commands = {"inspect": _inspect, "import-tsv": _import_tsv, "stage": _stage, "serve": _serve}
 
     def body(args: argparse.Namespace) -> int:
-        return _inspect(args) if args.command == "inspect" else _import_tsv(args)
+        return commands[args.command](args)
 
     return _run("vlm features", parser, argv, body)
 

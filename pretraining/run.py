@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import vlm
-from features.builtin import resolve_stores
+from features.builtin import agree_on_stores, resolve_stores
 from features.store import FeatureStore, extraction_record
 from pretraining.data import PretrainData, answer_vocab
 from pretraining.masking import MaskingConfig
@@ -163,11 +163,14 @@ class PretrainTexts:
         train_dir, eval_dir = resolve_stores(
             train_builtin=is_builtin(d.texts), eval_builtin=is_builtin(self.eval_spec), features=d.features,
             eval_features=d.eval_features, cache_dir=d.cache_dir, backend=d.backend, need_eval=bool(self.eval),
-            what=d.texts, is_main=dist.is_main, barrier=D.barrier, progress=show_progress and dist.is_main)
+            what=d.texts, is_main=dist.is_main if d.shared_cache else dist.is_local_main, barrier=D.barrier,
+            progress=show_progress and (dist.is_main if d.shared_cache else dist.is_local_main))
         train_store = FeatureStore(train_dir)
-        if not self.eval:
-            return train_store, None
-        return train_store, train_store if d.holdout_images or eval_dir == train_dir else FeatureStore(eval_dir)
+        held = None
+        if self.eval:
+            held = train_store if d.holdout_images or eval_dir == train_dir else FeatureStore(eval_dir)
+        agree_on_stores(train_store, held, agree=D.agree)
+        return train_store, held
 
 
 class PretrainRun:

@@ -132,6 +132,8 @@ class TrainConfig:
     min_delta: float = ranged(0.0, ge=0)  # an improvement must exceed the best by more than this
     min_steps: int = ranged(0, ge=0)  # never stop early before this step
     device: str = "auto"  # "auto" (this rank's GPU when there is one, else cpu), "cpu", "cuda", "cuda:1"
+    # torchrun: seconds any collective may wait (barriers too: ranks waiting for a first-use feature extraction)
+    dist_timeout: float = ranged(1800.0, gt=0)
 
     def validate(self) -> None:
         """Check every field's range or registry.
@@ -157,6 +159,9 @@ class DataConfig:
     eval_features: str = ""  # feature store of the held-out images ("": same as features, or built-in)
     cache_dir: str = ""  # where built-in features are extracted ("": the default cache folder, features.builtin)
     backend: str = "auto"  # extraction backend of built-in features ("auto": features.builtin_extraction())
+    # torchrun on several nodes: true when cache_dir is one folder every node sees (built-in features extracted once,
+    # by global rank 0); false: each node extracts into its own cache (by its local rank 0)
+    shared_cache: bool = False
     max_text_len: int = ranged(40, ge=3)  # tokens per text, [CLS]/[SEP] included
     answer_min_count: int = ranged(1, ge=1)  # QA: answers given for fewer training questions are left out
     soft_score_rule: str = choice("lxmert", SOFT_SCORE_RULES)  # several human answers: "lxmert" or "official"

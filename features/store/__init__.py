@@ -23,6 +23,9 @@ Modules, one job each:
 ``reader``         :class:`FeatureStore`: random access by image id
 ``stream``         :func:`stream`: the webdataset pipeline
 ``verify``         :func:`verify_store` (sizes, sha256, index) and :func:`reindex_store`
+``remote``         :class:`~features.store.remote.HttpFiles`: a store read by URL (HTTP Range requests, retries)
+``stage``          :func:`~features.store.stage.stage_store`: a remote store copied to local disk, verified
+``serve``          :func:`~features.store.serve.make_server`: a store folder served with Range requests
 =================  ===============================================================================================
 
 Both readers check shard sizes against the manifest and name the shard when one is truncated or corrupt.
@@ -38,6 +41,7 @@ from features.store.manifest import (
                                      load_manifest,
                                      make_plan,
                                      record_differences,
+                                     store_fingerprint,
                                      store_lock,
 )
 from features.store.reader import FeatureStore
@@ -64,6 +68,7 @@ __all__ = [
     "reindex_store",
     "shard_name",
     "sidecar_name",
+    "store_fingerprint",
     "store_lock",
     "stream",
     "verify_store",

@@ -67,28 +67,36 @@ class StoreIndex:
     """The memory-mapped index of a complete store.
 
     Args:
-        directory: The store directory.
+        directory: The store directory (or its URL, named in errors, when ``files`` are given).
         num_samples: Samples the manifest records (the index must hold as many).
+        files: The bytes of ``index-hash.npy`` and ``index-entries.npy`` when they were fetched from a server;
+            otherwise both are memory-mapped from ``directory``.
 
     Raises:
         StoreError: If the index files are unreadable or disagree with the manifest.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], num_samples: int) -> None:
-        directory = Path(directory)
+    def __init__(self, directory: str | os.PathLike[str], num_samples: int, *,
+                 files: tuple[bytes, bytes] | None = None) -> None:
+        where = str(directory)
         try:
-            mode = "r" if num_samples else None  # an empty array cannot be memory-mapped
-            self.hash1 = np.load(directory / INDEX_HASH, mmap_mode=mode)
-            self.entries = np.load(directory / INDEX_ENTRIES, mmap_mode=mode)
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"feature store {directory}: index files unreadable ({exc}); run "
-                             f"`vlm features inspect {directory} --reindex`") from exc
+            if files is not None:  # fetched from a server: held in memory (about 48 bytes an image)
+                self.hash1 = np.load(io.BytesIO(files[0]), allow_pickle=False)
+                self.entries = np.load(io.BytesIO(files[1]), allow_pickle=False)
+            else:
+                directory = Path(directory)
+                mode = "r" if num_samples else None  # an empty array cannot be memory-mapped
+                self.hash1 = np.load(directory / INDEX_HASH, mmap_mode=mode, allow_pickle=False)
+                self.entries = np.load(directory / INDEX_ENTRIES, mmap_mode=mode, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise StoreError(f"feature store {where}: index files unreadable ({exc}); run "
+                             f"`vlm features inspect {where} --reindex`") from exc
         if len(self.hash1) != num_samples or len(self.entries) != num_samples:
-            raise StoreError(f"feature store {directory}: index has {len(self.hash1)} entries but the manifest "
-                             f"records {num_samples} samples; run `vlm features inspect {directory} --reindex`")
+            raise StoreError(f"feature store {where}: index has {len(self.hash1)} entries but the manifest "
+                             f"records {num_samples} samples; run `vlm features inspect {where} --reindex`")
         if self.entries.dtype not in (INDEX_DTYPE, INDEX_DTYPE_V1):
-            raise StoreError(f"feature store {directory}: {INDEX_ENTRIES} has an unknown layout; run "
-                             f"`vlm features inspect {directory} --reindex`")
+            raise StoreError(f"feature store {where}: {INDEX_ENTRIES} has an unknown layout; run "
+                             f"`vlm features inspect {where} --reindex`")
         #: Whether each entry carries the checksum of its sample (format 2).
         self.has_checksum = "xxh3_64" in self.entries.dtype.names
 

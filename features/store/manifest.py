@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -25,8 +26,8 @@ from features.store.format import FORMAT, FORMAT_VERSION, LOCK, MANIFEST
 from features.store.index import build_index
 from features.store.writer import read_sidecar
 
-__all__ = ["extraction_record", "finalize_store", "load_manifest", "make_plan", "record_differences",
-           "store_lock"]
+__all__ = ["extraction_record", "finalize_store", "load_manifest", "make_plan", "parse_manifest",
+           "record_differences", "store_fingerprint", "store_lock"]
 
 
 @contextlib.contextmanager
@@ -96,13 +97,28 @@ def load_manifest(directory: str | os.PathLike[str], *, require_complete: bool =
         raise StoreError(f"{directory} is not a feature store: {path} not found (create one with `vlm extract` or "
                          "`vlm features import-tsv`)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: JSON or UTF-8 decoding
-        raise StoreError(f"{path} is not valid JSON: {exc}") from None
+        text = path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"{path} is unreadable: {exc}") from None
+    return parse_manifest(text, path, directory, require_complete=require_complete)
+
+
+def parse_manifest(text: bytes | str, where: str | os.PathLike[str], directory: str | os.PathLike[str], *,
+                   require_complete: bool = True) -> dict[str, Any]:
+    """Check the bytes of a ``manifest.json`` read from ``where`` (a file or a URL) of the store ``directory``.
+
+    Raises:
+        StoreError: If it is not a store manifest, a field is missing or of the wrong type, or (``require_complete``)
+            the extraction is unfinished.
+    """
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:  # JSON or UTF-8 decoding
+        raise StoreError(f"{where} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise StoreError(f"{path}: not a vlm feature-store manifest (format {found!r}, expected {FORMAT!r})")
-    _check_fields(manifest, path)
+        raise StoreError(f"{where}: not a vlm feature-store manifest (format {found!r}, expected {FORMAT!r})")
+    _check_fields(manifest, where)
     if require_complete and not manifest.get("complete"):
         done = len(manifest.get("shards", []))
         raise StoreError(
@@ -112,7 +128,7 @@ def load_manifest(directory: str | os.PathLike[str], *, require_complete: bool =
     return manifest
 
 
-def _check_fields(manifest: dict[str, Any], path: Path) -> None:
+def _check_fields(manifest: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Refuse a manifest from a newer vlm, or one whose fields the readers rely on are missing or of the wrong type."""
     version = manifest.get("version")
     if type(version) is not int or version < 1:
@@ -168,6 +184,14 @@ def finalize_store(directory: str | os.PathLike[str], plan: dict[str, Any]) -> d
         build_index(directory, finished)
     atomic_write_json(directory / MANIFEST, manifest)
     return manifest
+
+
+def store_fingerprint(manifest: Mapping[str, Any]) -> str:
+    """A short digest of what a store holds (every shard's name, size and sha256, the sample count): two stores with
+    the same fingerprint hold the same bytes. Ranks on several nodes compare it before they train."""
+    shards = [(s.get("name"), s.get("bytes"), s.get("sha256")) for s in manifest.get("shards", [])]
+    data = json.dumps([manifest.get("num_samples"), shards], separators=(",", ":")).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def extraction_record(manifest: Mapping[str, Any]) -> dict[str, Any]:

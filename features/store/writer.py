@@ -27,7 +27,7 @@ from features.errors import ShardError, StoreError
 from features.io import atomic_write_json, fsync_dir
 from features.store.format import encode_sample, sample_checksum, shard_name, sidecar_name
 
-__all__ = ["ShardWriter", "load_sidecar", "read_sidecar"]
+__all__ = ["ShardWriter", "load_sidecar", "parse_sidecar", "read_sidecar"]
 
 #: Largest finite float16.
 _F16_MAX = float(np.finfo(np.float16).max)
@@ -164,19 +164,35 @@ def load_sidecar(shard: str | os.PathLike[str]) -> dict[str, Any]:
     """
     shard = Path(shard)
     sidecar = shard.with_suffix(".json")
-    advice = ("; redo the shard: rerun the `vlm extract` command that made the store (it redoes shards without a "
-              "sidecar), or rerun `vlm features import-tsv --overwrite`")
     if not sidecar.is_file():
-        raise ShardError(f"shard {shard}: its sidecar {sidecar.name} (ids and byte offsets) is missing{advice}")
+        raise ShardError(f"shard {shard}: its sidecar {sidecar.name} (ids and byte offsets) is missing{_REDO}")
     try:
-        record = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShardError(f"shard {shard}: its sidecar {sidecar.name} is unreadable ({exc}){advice}") from None
+        text = sidecar.read_bytes()
+    except OSError as exc:
+        raise ShardError(f"shard {shard}: its sidecar {sidecar.name} is unreadable ({exc}){_REDO}") from None
+    return parse_sidecar(text, shard)
+
+
+_REDO = ("; redo the shard: rerun the `vlm extract` command that made the store (it redoes shards without a "
+         "sidecar), or rerun `vlm features import-tsv --overwrite`")
+
+
+def parse_sidecar(text: bytes | str, shard: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check the bytes of the sidecar of ``shard`` (a path or a URL), read from a file or a server.
+
+    Raises:
+        ShardError: Naming the shard if the sidecar is not JSON or its per-sample lists disagree.
+    """
+    name = f"{str(shard).rsplit('/', 1)[-1].removesuffix('.tar')}.json"
+    try:
+        record = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardError(f"shard {shard}: its sidecar {name} is unreadable ({exc}){_REDO}") from None
     lists = ("ids", "offsets", "sizes") + (("xxh3_64",) if isinstance(record, dict) and "xxh3_64" in record else ())
     if not isinstance(record, dict) or not all(isinstance(record.get(k), list) for k in lists) or \
             len({len(record[k]) for k in lists}) != 1:
-        raise ShardError(f"shard {shard}: its sidecar {sidecar.name} does not hold equally long lists "
-                         f"{', '.join(lists)}{advice}")
+        raise ShardError(f"shard {shard}: its sidecar {name} does not hold equally long lists "
+                         f"{', '.join(lists)}{_REDO}")
     return record
 
 

@@ -29,10 +29,20 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    #: processes on this node (``LOCAL_WORLD_SIZE``)
+    local_world_size: int = 1
+    #: how many times torchrun's elastic agent has restarted the workers (``TORCHELASTIC_RESTART_COUNT``; 0: first try)
+    restart_count: int = 0
 
     @property
     def is_main(self) -> bool:
+        """Global rank 0: the one process that writes the run folder."""
         return self.rank == 0
+
+    @property
+    def is_local_main(self) -> bool:
+        """Local rank 0: the one process of its node (node-local work, e.g. a feature cache of its own)."""
+        return self.local_rank == 0
 
     @property
     def enabled(self) -> bool:
@@ -40,9 +50,23 @@ class DistInfo:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "DistInfo":
-        """Read torchrun's variables from ``env`` (the CLI passes ``os.environ``)."""
-        return cls(rank=int(env.get("RANK", 0)), world_size=int(env.get("WORLD_SIZE", 1)),
-                   local_rank=int(env.get("LOCAL_RANK", 0)))
+        """Read torchrun's variables from ``env`` (the CLI passes ``os.environ``).
+
+        Raises:
+            ConfigError: a variable is not an integer.
+        """
+        values = {}
+        for field, name, default in (("rank", "RANK", 0), ("world_size", "WORLD_SIZE", 1),
+                                     ("local_rank", "LOCAL_RANK", 0), ("local_world_size", "LOCAL_WORLD_SIZE", None),
+                                     ("restart_count", "TORCHELASTIC_RESTART_COUNT", 0)):
+            raw = env.get(name)
+            try:
+                values[field] = int(raw) if raw not in (None, "") else default
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r}: expected an integer (torchrun sets it)") from None
+        if values["local_world_size"] is None:
+            values["local_world_size"] = values["world_size"]
+        return cls(**values)
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
@@ -65,8 +89,12 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     return device
 
 
-def setup(info: DistInfo, device: torch.device, timeout_s: float = 600.0) -> None:
-    """Join the process group (``env://`` rendezvous from torchrun) when ``info.world_size > 1``."""
+def setup(info: DistInfo, device: torch.device, timeout_s: float = 1800.0) -> None:
+    """Join the process group (``env://`` rendezvous from torchrun) when ``info.world_size > 1``.
+
+    ``timeout_s`` (``train.dist_timeout``) bounds every collective, the barriers included: the ranks that wait while
+    another extracts built-in features on first use wait at most that long.
+    """
     if not info.enabled or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -91,6 +119,36 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def max_across_ranks(value: int) -> int:
+    """The largest of every rank's ``value`` (``value`` itself without a process group)."""
+    if not active():
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def agree(what: str, value: Any, advice: str = "") -> None:
+    """Refuse to go on unless every rank holds the same ``value`` (e.g. the checksum of its feature store).
+
+    Raises:
+        DataError: on every rank, naming which ranks hold which value.
+    """
+    if not active():
+        return
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    if all(v == values[0] for v in values):
+        return
+    groups: dict[str, list[int]] = {}
+    for rank, v in enumerate(values):
+        groups.setdefault(str(v), []).append(rank)
+    from vlm.errors import DataError
+
+    listed = "; ".join(f"ranks {', '.join(map(str, ranks))}: {v}" for v, ranks in groups.items())
+    raise DataError(f"the ranks do not agree on {what} ({listed}){'; ' + advice if advice else ''}")
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ runs and the trainer only wire: they create no file and seed nothing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import torch
 from vlm.config import TrainConfig
 from vlm.engine import distributed as D
 from vlm.engine.checkpoint import prepare_run_dir
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,25 @@ def start_run(train: TrainConfig, *, out_dir: str | Path | None = None, resume: 
         out_dir: the run folder (default ``train.out_dir``).
         resume: continue the run in ``out_dir`` (``True``/``"latest"``) or from a checkpoint/run folder.
         overwrite: replace the run already in ``out_dir``.
-        dist: this process's place in the job (the CLI reads it from torchrun's environment).
+        dist: this process's place in the job (the CLI reads it from torchrun's environment). When torchrun has
+            restarted the workers (``dist.restart_count > 0`` on any rank) the run continues from its newest
+            checkpoint: ``resume`` is implied and ``overwrite`` is not applied again.
 
     Raises:
         ConfigError: a device this machine does not have.
         CheckpointError: a refused run folder.
     """
     device = D.resolve_device(train.device, dist)
-    D.setup(dist, device)
+    D.setup(dist, device, train.dist_timeout)
     run_dir = Path(out_dir or train.out_dir)
+    # torchrun restarted the workers after a failure: continue, never start over. Each node's agent counts only its
+    # own failures (a node restarted because another failed still says 0), so the ranks take the largest count.
+    restarts = D.max_across_ranks(dist.restart_count)
+    if restarts:
+        if dist.is_main:
+            logger.warning("torchrun restart %d: continuing the run in %s from its newest checkpoint%s",
+                           restarts, run_dir, " (--overwrite applies to the first try only)" if overwrite else "")
+        overwrite, resume = False, resume or True
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, is_main=dist.is_main)
     D.barrier()
     torch.manual_seed(train.seed)  # the model's initialisation: the same weights on every rank
