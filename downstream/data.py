@@ -7,6 +7,7 @@ table) or ``labels`` (classification). No randomness: the engine's plan decides 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -37,9 +38,14 @@ class _Joined:
     def __len__(self) -> int:
         return len(self.keep)
 
-    def _batch(self, indices: np.ndarray, **targets: Any) -> Batch:
+    def example_images(self) -> list[str]:
+        """The image id of each example (a streamed plan reads them in its own order)."""
+        return self.image_ids
+
+    def _batch(self, indices: np.ndarray, store: Mapping[str, Any] | None = None, **targets: Any) -> Batch:
         ids, mask = self.tokens.pad(indices, self.pad_id)
-        return collate(ids, mask, [regions_of(self.store[self.image_ids[i]]) for i in indices], **targets)
+        store = self.store if store is None else store
+        return collate(ids, mask, [regions_of(store[self.image_ids[i]]) for i in indices], **targets)
 
 
 class VQAData(_Joined):
@@ -82,7 +88,8 @@ class VQAData(_Joined):
         self.t_val = np.concatenate(val).astype(np.float32) if val else np.zeros(0, np.float32)
         self.t_off = np.asarray(offsets, dtype=np.int64)
 
-    def batch(self, indices: np.ndarray, epoch: int) -> Batch:
+    def batch(self, indices: np.ndarray, epoch: int, store: Mapping[str, Any] | None = None) -> Batch:
+        """Examples ``indices``; ``store``: where their features are (default: the data's store)."""
         indices = np.asarray(indices, dtype=np.int64)
         targets = None
         if self.with_targets:
@@ -90,7 +97,7 @@ class VQAData(_Joined):
             for r, i in enumerate(indices):
                 s, e = self.t_off[i], self.t_off[i + 1]
                 targets[r, torch.from_numpy(self.t_idx[s:e])] = torch.from_numpy(self.t_val[s:e])
-        return self._batch(indices, answer_targets=targets)
+        return self._batch(indices, store, answer_targets=targets)
 
 
 class ClassifyData(_Joined):
@@ -110,7 +117,8 @@ class ClassifyData(_Joined):
         self.labels = np.array([e.label if e.label is not None else -1 for e in self.examples], dtype=np.int64)
         self.with_targets = with_targets
 
-    def batch(self, indices: np.ndarray, epoch: int) -> Batch:
+    def batch(self, indices: np.ndarray, epoch: int, store: Mapping[str, Any] | None = None) -> Batch:
+        """Examples ``indices``; ``store``: where their features are (default: the data's store)."""
         indices = np.asarray(indices, dtype=np.int64)
         labels = torch.from_numpy(self.labels[indices]) if self.with_targets else None
-        return self._batch(indices, labels=labels)
+        return self._batch(indices, store, labels=labels)

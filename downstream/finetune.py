@@ -24,12 +24,13 @@ from downstream.evaluate import evaluate
 from downstream.modality import MODALITIES, TransformedSource, transform_for
 from downstream.stores import check_features, features_info, run_stores
 from downstream.vqa import write_results
-from features.store import FeatureStore
+from features.store import FeatureStore, random_access
 from vlm.config import COMMAND_TASKS, ConfigError, DataConfig, TrainConfig, choice, load_run_config, run_config_yaml
 from vlm.data.classification import ClassList, check_training_labels
 from vlm.data.easy_vqa import is_builtin
 from vlm.data.readers import BUILTIN_TASK_DATA, read_classification, read_vqa
 from vlm.data.split import split_holdout
+from vlm.data.streamed import StreamedExamples
 from vlm.data.vqa import AnswerVocab, example_answers
 from vlm.engine import distributed as D
 from vlm.engine.run import RunContext, start_run
@@ -107,7 +108,8 @@ def prepare_finetuning(cfg: FinetuneConfig, *, out_dir: str | Path | None = None
     d = cfg.data
     train_store, eval_store = run_stores(cfg.train_spec(), cfg.eval_spec(), features=d.features,
                                          eval_features=d.eval_features, cache_dir=d.cache_dir, backend=d.backend,
-                                         dist=dist, show_progress=show_progress, shared_cache=d.shared_cache)
+                                         dist=dist, show_progress=show_progress, shared_cache=d.shared_cache,
+                                         stream=d.stream)
     return FinetuneRun(cfg, run=run, train_store=train_store, eval_store=eval_store, show_progress=show_progress)
 
 
@@ -129,7 +131,11 @@ class FinetuneRun:
         spec = cfg.train_spec()
         test_spec = cfg.eval_spec()
         tok = vlm.load_tokenizer()
+        streamed = getattr(train_store, "streamed", False)
         test_store = eval_store or train_store
+        # validation images are training images, read by random access (a streamed folder or URL is opened again)
+        val_store = random_access(train_store, "validation data (data.holdout_images)") if streamed and \
+            d.holdout_images else train_store
         overrides = dict(cfg.model, visual_feat_dim=train_store.feature_dim)
         self.vocab: AnswerVocab | None = None
         self.classes: ClassList | None = None
@@ -146,7 +152,7 @@ class FinetuneRun:
                                d.soft_score_rule, name=name, with_targets=False)
 
             if val:
-                self.eval_data = vqa_data(val, train_store, "validation")
+                self.eval_data = vqa_data(val, val_store, "validation")
             if test_spec:
                 self.test_data = vqa_data(read_vqa(test_spec, "test"), test_store, "test")
             labels = self.vocab.answers
@@ -162,7 +168,7 @@ class FinetuneRun:
                                     name=name)
 
             if val:
-                self.eval_data = classify_data(val, train_store, "validation")
+                self.eval_data = classify_data(val, val_store, "validation")
             if test_spec:  # the training file's class ids
                 self.test_data = classify_data(read_classification(test_spec, "test", self.classes)[0], test_store,
                                                "test")
@@ -175,6 +181,8 @@ class FinetuneRun:
         self.model = vlm.create_model(cfg.init, task=cfg.task, labels=labels, **overrides)  # run's seed
         self.transform = transform_for(cfg.modality)
         source = self.train_data if self.transform is None else TransformedSource(self.train_data, self.transform)
+        if streamed:
+            source = StreamedExamples(source, train_store, buffer_size=d.stream_buffer, seed=cfg.train.seed)
 
         self._last_eval: tuple[int, dict, dict] | None = None  # (step, metrics, predictions) of the latest eval
 

@@ -60,5 +60,8 @@ class TransformedSource:
     def __len__(self) -> int:
         return len(self.source)
 
-    def batch(self, indices, epoch: int) -> Batch:
-        return self.transform(self.source.batch(indices, epoch))
+    def example_images(self) -> list[str]:
+        return self.source.example_images()
+
+    def batch(self, indices, epoch: int, **kwargs) -> Batch:
+        return self.transform(self.source.batch(indices, epoch, **kwargs))

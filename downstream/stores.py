@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from features.builtin import agree_on_stores, resolve_stores
-from features.store import FeatureStore, extraction_record, record_differences
+from features.store import FeatureStore, extraction_record, open_store, random_access, record_differences
 from vlm.data.easy_vqa import is_builtin
 from vlm.engine import distributed as D
 from vlm.errors import DataError
@@ -48,29 +48,35 @@ def check_features(folder: str | Path, store: Any, *, allow: bool = False, flag:
     logger.warning("%s (%s given)", message, flag)
 
 
-def open_stores(train_dir: Path | str | None, eval_dir: Path | str | None) -> tuple[FeatureStore | None, FeatureStore | None]:
-    """The stores of two folders, opened once (the same folder gives the same store object)."""
-    train = FeatureStore(train_dir) if train_dir is not None else None
+def open_stores(train_dir: Path | str | None, eval_dir: Path | str | None, *, stream: bool = False
+                ) -> tuple[Any, FeatureStore | None]:
+    """The stores of two locations, opened once (the same location gives the same store object, or with ``stream``
+    a streamed training store and a random-access reader of it). The held-out store is always read by random access:
+    a ``pipe:`` one is refused, naming what to give instead."""
+    train = open_store(train_dir, stream=stream) if train_dir is not None else None
     if eval_dir is None:
         return train, None
-    return train, train if eval_dir == train_dir and train is not None else FeatureStore(eval_dir)
+    if eval_dir == train_dir and train is not None:
+        return train, random_access(train)
+    return train, random_access(open_store(eval_dir))
 
 
 def run_stores(train_spec: str, eval_spec: str, *, features: str, eval_features: str, cache_dir: str, backend: str,
-               dist: D.DistInfo = D.DistInfo(), show_progress: bool = True, shared_cache: bool = False
-               ) -> tuple[FeatureStore, FeatureStore | None]:
+               dist: D.DistInfo = D.DistInfo(), show_progress: bool = True, shared_cache: bool = False,
+               stream: bool = False) -> tuple[Any, FeatureStore | None]:
     """The training store and the held-out store (None without held-out data) of a fine-tuning run.
 
     Under torchrun the built-in stores are extracted by one process per cache (``shared_cache``: global rank 0;
     otherwise each node's local rank 0), and every rank checks that it reads the same store as the others
-    (:func:`features.builtin.agree_on_stores`).
+    (:func:`features.builtin.agree_on_stores`). ``stream``: the training store is a
+    :class:`~features.store.StreamedStore` (always for a ``pipe:`` location).
     """
     train_dir, eval_dir = resolve_stores(
         train_builtin=is_builtin(train_spec), eval_builtin=is_builtin(eval_spec), features=features,
         eval_features=eval_features, cache_dir=cache_dir, backend=backend, need_eval=bool(eval_spec),
         what=train_spec, is_main=dist.is_main if shared_cache else dist.is_local_main, barrier=D.barrier,
         progress=show_progress and (dist.is_main if shared_cache else dist.is_local_main))
-    train, held = open_stores(train_dir, eval_dir)
+    train, held = open_stores(train_dir, eval_dir, stream=stream)
     assert train is not None
     agree_on_stores(train, held, agree=D.agree)
     return train, held
@@ -82,4 +88,4 @@ def eval_store(spec: str, *, split: str, features: str, cache_dir: str, backend:
     _, store_dir = resolve_stores(train_builtin=False, eval_builtin=is_builtin(spec), eval_features=features,
                                   cache_dir=cache_dir, backend=backend, eval_split=split, need_train=False,
                                   what=spec, progress=show_progress)
-    return FeatureStore(store_dir)
+    return random_access(open_store(store_dir), "the examples `vlm evaluate` scores")

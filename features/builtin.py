@@ -24,6 +24,7 @@ import torch
 
 from features.errors import FeaturesError
 from features.store.remote import is_url
+from features.store.streamed import is_pipe
 
 __all__ = ["agree_on_stores", "builtin_store", "builtin_store_path", "default_cache_dir", "resolve_stores"]
 
@@ -109,7 +110,7 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
                    ) -> tuple[Path | str | None, Path | str | None]:
     """The feature stores of a run: ``(train store, held-out store)``; the one rule of every command.
 
-    A store given by ``http(s)://`` URL is returned as that string (:class:`~features.store.FeatureStore` reads it
+    A store given by ``http(s)://`` URL or ``pipe:`` command is returned as that string (:class:`~features.store.FeatureStore` reads it
     over HTTP); a folder as a ``Path``.
 
     * training: ``features`` when given; else the built-in store of ``train_split`` when the training data is built
@@ -130,7 +131,7 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
     train = eval_ = None
     if need_train or (need_eval and not eval_features and not (eval_builtin and not features)):
         if features:
-            train = features if is_url(features) else Path(features)
+            train = features if is_url(features) or is_pipe(features) else Path(features)
         elif train_builtin:
             train = builtin_store(train_split, cache_dir, backend, is_main=is_main, barrier=barrier,
                                       progress=progress)
@@ -139,7 +140,7 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
                                 "vlm extract makes one)")
     if need_eval:
         if eval_features:
-            eval_ = eval_features if is_url(eval_features) else Path(eval_features)
+            eval_ = eval_features if is_url(eval_features) or is_pipe(eval_features) else Path(eval_features)
         elif eval_builtin and not features:
             eval_ = builtin_store(eval_split, cache_dir, backend, is_main=is_main, barrier=barrier,
                                    progress=progress)

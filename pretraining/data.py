@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -162,11 +162,22 @@ class PretrainData:
         clean.masking = dataclasses.replace(self.masking, token_prob=0.0, region_prob=0.0)
         return clean
 
-    def _regions(self, image: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        s = self.store[image]
+    def example_images(self) -> list[str]:
+        """The image id of each example (a streamed plan reads them in its own order)."""
+        return [self.images[c] for c in self.image_code]
+
+    def _regions(self, image: str, store: Mapping[str, Any] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        s = (self.store if store is None else store)[image]
         return (*regions_of(s), s["meta"])
 
-    def batch(self, indices: np.ndarray, epoch: int) -> Batch:
+    def batch(self, indices: np.ndarray, epoch: int, store: Mapping[str, Any] | None = None) -> Batch:
+        """Examples ``indices`` of ``epoch``, masked and paired.
+
+        ``store``: where the examples' features are (default: the data's store). A streamed batch gives only its own
+        images', so a swapped region then comes from another image of the batch (from any image of the data set
+        otherwise); with one image in the batch, from that image.
+        """
         indices = np.asarray(indices, dtype=np.int64)
         b = len(indices)
         cfg = self.masking
@@ -213,7 +224,8 @@ class PretrainData:
         if not cfg.mlm_mismatched:  # masked alike (an unmasked text would give its pair away), scored only if true
             mlm_labels[torch.from_numpy(matched == 0)] = IGNORE
         # --- regions: pad to the most regions, mask regions (donors from other images of the dataset)
-        samples = [self._regions(self.images[c]) for c in self.image_code[indices]]
+        samples = [self._regions(self.images[c], store) for c in self.image_code[indices]]
+        in_batch = np.unique(self.image_code[indices]) if store is not None else None
         feats, boxes, region_mask = pad_regions([(f, bx) for f, bx, _ in samples])
         k, d = feats.shape[1], feats.shape[2]
         donors = np.zeros((b, k, d), dtype=np.float32)
@@ -230,10 +242,16 @@ class PretrainData:
             swap = (u_reg[r, :kk, 0] < cfg.region_prob) & (u_reg[r, :kk, 1] >= cfg.region_zero) & (
                 u_reg[r, :kk, 1] < cfg.region_zero + cfg.region_swap)
             for slot in np.flatnonzero(swap):  # ~1.5% of regions: read one foreign region each
-                other = int(rng.integers(len(self.images)))
-                if other == self.image_code[i]:
-                    other = (other + 1) % len(self.images)
-                of, _, _ = self._regions(self.images[other])
+                if in_batch is None:
+                    other = int(rng.integers(len(self.images)))
+                    if other == self.image_code[i]:
+                        other = (other + 1) % len(self.images)
+                else:
+                    pick = int(rng.integers(len(in_batch)))
+                    if in_batch[pick] == self.image_code[i] and len(in_batch) > 1:
+                        pick = (pick + 1) % len(in_batch)
+                    other = int(in_batch[pick])
+                of, _, _ = self._regions(self.images[other], store)
                 donors[r, slot] = of[int(rng.integers(of.shape[0]))]
             if labels:
                 obj[r, :kk] = meta["objects_id"][:kk]

@@ -18,7 +18,7 @@ import torch
 
 import vlm
 from features.builtin import agree_on_stores, resolve_stores
-from features.store import FeatureStore, extraction_record
+from features.store import FeatureStore, extraction_record, open_store, random_access
 from pretraining.data import PretrainData, answer_vocab
 from pretraining.masking import MaskingConfig
 from pretraining.negatives import MatchingConfig
@@ -37,6 +37,7 @@ from vlm.config import (
 from vlm.data.easy_vqa import is_builtin
 from vlm.data.readers import read_texts
 from vlm.data.split import split_holdout
+from vlm.data.streamed import StreamedExamples
 from vlm.engine import distributed as D
 from vlm.engine.loader import eval_batches
 from vlm.engine.run import RunContext, start_run
@@ -165,10 +166,11 @@ class PretrainTexts:
             eval_features=d.eval_features, cache_dir=d.cache_dir, backend=d.backend, need_eval=bool(self.eval),
             what=d.texts, is_main=dist.is_main if d.shared_cache else dist.is_local_main, barrier=D.barrier,
             progress=show_progress and (dist.is_main if d.shared_cache else dist.is_local_main))
-        train_store = FeatureStore(train_dir)
+        train_store = open_store(train_dir, stream=d.stream)
         held = None
-        if self.eval:
-            held = train_store if d.holdout_images or eval_dir == train_dir else FeatureStore(eval_dir)
+        if self.eval:  # read by random access (a streamed folder or URL is opened again; a pipe: store is refused)
+            held = random_access(train_store) if d.holdout_images or eval_dir == train_dir else \
+                random_access(open_store(eval_dir))
         agree_on_stores(train_store, held, agree=D.agree)
         return train_store, held
 
@@ -221,7 +223,10 @@ class PretrainRun:
         def evaluate(t: PretrainTask) -> dict[str, float]:
             return evaluate_pretraining(t, eval_data, cfg.train.batch_size, run.dist, run.device, clean=eval_clean)
 
-        self.trainer = Trainer(task, train_data, cfg.train, save_model=model, run=run,
+        source: Any = train_data
+        if getattr(train_store, "streamed", False):
+            source = StreamedExamples(train_data, train_store, buffer_size=d.stream_buffer, seed=cfg.train.seed)
+        self.trainer = Trainer(task, source, cfg.train, save_model=model, run=run,
                                evaluate=evaluate if eval_data is not None else None, run_config_yaml=cfg.to_yaml(),
                                keep_last=cfg.train.keep_last, show_progress=show_progress,
                                max_text_len=d.max_text_len)

@@ -98,7 +98,8 @@ def build_parser() -> VLMParser:
     p.add_argument("--config", default=None, help="pretraining preset name (configs/pretrain) or YAML file")
     p.add_argument("--data", default=None, help="texts: easy-vqa, easy-vqa-captions, FILE.jsonl, captions.json or "
                    "Q.json,A.json; join several with +")
-    p.add_argument("--features", default=None, help="feature store of the training images (folder or http(s) URL)")
+    p.add_argument("--features", default=None, help="feature store of the training images (folder, http(s) URL, "
+                   "or a 'pipe:CMD {file}' command: streamed)")
     p.add_argument("--out", default=None, help="run folder (default: train.out_dir of the config)")
     p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimiser steps")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="DIR",
@@ -119,7 +120,8 @@ def build_parser() -> VLMParser:
     p.add_argument("--init", default=None, help="model preset or checkpoint folder (e.g. a pretraining run's model/)")
     p.add_argument("--data", default=None, help="training examples (see the formats above)")
     p.add_argument("--eval-data", default=None, help="held-out examples")
-    p.add_argument("--features", default=None, help="feature store of the training images (folder or http(s) URL)")
+    p.add_argument("--features", default=None, help="feature store of the training images (folder, http(s) URL, "
+                   "or a 'pipe:CMD {file}' command: streamed)")
     p.add_argument("--eval-features", default=None, help="feature store of the held-out images (folder or URL)")
     p.add_argument("--out", default=None, help="run folder")
     p.add_argument("--max-steps", type=_positive_int, default=None)

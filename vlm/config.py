@@ -162,6 +162,10 @@ class DataConfig:
     # torchrun on several nodes: true when cache_dir is one folder every node sees (built-in features extracted once,
     # by global rank 0); false: each node extracts into its own cache (by its local rank 0)
     shared_cache: bool = False
+    # read the training features front to back, shard by shard, through a shuffle buffer (a `pipe:` store always is);
+    # held-out data are still read by random access
+    stream: bool = False
+    stream_buffer: int = ranged(2000, ge=1)  # streaming: examples in each reader's shuffle buffer
     max_text_len: int = ranged(40, ge=3)  # tokens per text, [CLS]/[SEP] included
     answer_min_count: int = ranged(1, ge=1)  # QA: answers given for fewer training questions are left out
     soft_score_rule: str = choice("lxmert", SOFT_SCORE_RULES)  # several human answers: "lxmert" or "official"

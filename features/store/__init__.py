@@ -26,6 +26,7 @@ Modules, one job each:
 ``remote``         :class:`~features.store.remote.HttpFiles`: a store read by URL (HTTP Range requests, retries)
 ``stage``          :func:`~features.store.stage.stage_store`: a remote store copied to local disk, verified
 ``serve``          :func:`~features.store.serve.make_server`: a store folder served with Range requests
+``streamed``       :class:`~features.store.streamed.StreamedStore`: a store read front to back (``pipe:`` commands)
 =================  ===============================================================================================
 
 Both readers check shard sizes against the manifest and name the shard when one is truncated or corrupt.
@@ -46,6 +47,7 @@ from features.store.manifest import (
 )
 from features.store.reader import FeatureStore
 from features.store.stream import FeatureStream, stream
+from features.store.streamed import StreamedStore, is_pipe, open_store, random_access
 from features.store.verify import reindex_store, verify_store
 from features.store.writer import ShardWriter, read_sidecar
 
@@ -56,13 +58,17 @@ __all__ = [
     "FeatureStore",
     "FeatureStream",
     "ShardWriter",
+    "StreamedStore",
     "build_index",
     "decode_sample",
     "encode_key",
     "extraction_record",
     "finalize_store",
+    "is_pipe",
     "load_manifest",
     "make_plan",
+    "open_store",
+    "random_access",
     "read_sidecar",
     "record_differences",
     "reindex_store",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -49,6 +49,111 @@ class EpochPlan:
         g = self.batch_size * self.world_size
         start = position * g + self.rank * self.batch_size
         return self._order(epoch)[start:start + self.batch_size]
+
+    def loader(self, source: BatchSource, epoch: int, start: int = 0, stop: int | None = None,
+               num_workers: int = 0) -> torch.utils.data.DataLoader:
+        """Batches ``start .. stop`` of ``epoch`` (:func:`epoch_loader`)."""
+        return epoch_loader(source, self, epoch, start=start, stop=stop, num_workers=num_workers)
+
+    def first_batch(self, source: BatchSource) -> Batch:
+        """This rank's first batch of epoch 0."""
+        return source.batch(self.indices(0, 0), 0)
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint records of the plan beside world size, batch size, grad_accum and seed."""
+        return {}
+
+
+class StreamedSource(Protocol):
+    """A batch source whose features arrive shard by shard (``vlm.data.streamed.StreamedExamples``).
+
+    The examples are split into *slots* — ``world_size × max(1, num_workers)`` readers, each reading its own shards of
+    the epoch's shard order through its own shuffle buffer — and every slot yields the same number of batches.
+    """
+
+    streamed: bool
+
+    def __len__(self) -> int: ...
+
+    def slot_capacity(self, slots: int) -> int:
+        """Examples that every one of ``slots`` slots receives in any epoch (at least)."""
+
+    def slot_batches(self, epoch: int, slot: int, slots: int, batch_size: int, skip: int) -> Iterator[Batch]:
+        """Slot ``slot``'s batches of ``epoch``, the first ``skip`` read but not built."""
+
+    def record(self) -> dict[str, Any]:
+        """The settings of the data plan a resume must share (shuffle buffer, shards)."""
+
+
+def is_streamed(source: object) -> bool:
+    return bool(getattr(source, "streamed", False))
+
+
+class StreamPlan:
+    """The data plan of a streamed source: batch ``p`` of a rank's epoch comes from its slot ``p % W`` (``W``
+    loader workers, or 1), as that slot's batch ``p // W``; each slot reads its shards of the epoch's shard order front
+    to back through a shuffle buffer. Every rank gets ``batches_per_epoch`` batches; the examples a slot has beyond its
+    share of ``batch_size`` batches that every slot can fill are not used that epoch (:attr:`unused`).
+
+    A batch is a pure function of ``(seed, epoch, position, rank, world size, workers, buffer size)``, so resuming at
+    a saved position replays exactly what an uninterrupted run would have seen — by reading the slot's shards again
+    from the epoch's start and building only the batches after the position. Unlike :class:`EpochPlan`, the number of
+    loader workers is part of the plan (it sets the slots), and 2 ranks × b do not see the same batches as 1 rank × 2b.
+    """
+
+    def __init__(self, source: StreamedSource, batch_size: int, *, world_size: int = 1, rank: int = 0,
+                 num_workers: int = 0) -> None:
+        self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
+        self.workers = max(1, num_workers)
+        self.num_workers = num_workers
+        self.slots = world_size * self.workers
+        capacity = source.slot_capacity(self.slots)
+        self.per_slot = capacity // batch_size
+        self.batches_per_epoch = self.per_slot * self.workers
+        self.unused = len(source) - self.per_slot * batch_size * self.slots
+        self._record = {"workers": self.workers, **source.record()}
+
+    def loader(self, source: StreamedSource, epoch: int, start: int = 0, stop: int | None = None,
+               num_workers: int = 0) -> torch.utils.data.DataLoader:
+        if num_workers != self.num_workers:
+            raise ConfigError(f"a streamed plan made for {self.num_workers} loader workers cannot be read with "
+                              f"{num_workers}")
+        stop = self.batches_per_epoch if stop is None else stop
+        return torch.utils.data.DataLoader(_StreamedBatches(source, self, epoch, start, stop), batch_size=None,
+                                           num_workers=num_workers, collate_fn=_identity, persistent_workers=False,
+                                           generator=_own_generator(), prefetch_factor=2 if num_workers else None)
+
+    def first_batch(self, source: StreamedSource) -> Batch:
+        return next(iter(source.slot_batches(0, self.rank * self.workers, self.slots, self.batch_size, 0)))
+
+    def record(self) -> dict[str, Any]:
+        return {"streamed": self._record}
+
+
+class _StreamedBatches(torch.utils.data.IterableDataset):
+    """Batches ``start .. stop`` of a rank's streamed epoch; loader worker ``w`` reads slot ``(w + start) % W``, so
+    that the loader's round robin over its workers returns them in order."""
+
+    def __init__(self, source: StreamedSource, plan: StreamPlan, epoch: int, start: int, stop: int) -> None:
+        super().__init__()
+        self.source, self.plan, self.epoch, self.start, self.stop = source, plan, epoch, start, stop
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        w = self.plan.workers
+        slot = ((info.id if info is not None else 0) + self.start) % w
+        positions = range(self.start + (slot - self.start) % w, self.stop, w)
+        if not positions:
+            return
+        batches = self.source.slot_batches(self.epoch, self.plan.rank * w + slot, self.plan.slots,
+                                           self.plan.batch_size, positions[0] // w)
+        made = 0
+        for _, batch in zip(positions, batches):
+            made += 1
+            yield batch
+        if made < len(positions):  # slot_capacity promised more: a bug, never a shorter epoch
+            raise RuntimeError(f"streamed slot {self.plan.rank * w + slot} ended after {made} of {len(positions)} "
+                               "batches")
 
 
 class _PlannedBatches(torch.utils.data.Dataset):
@@ -105,7 +210,8 @@ class StepBatches:
         position: micro-batches of ``epoch`` consumed, skipped ones excluded.
     """
 
-    def __init__(self, source: BatchSource, plan: EpochPlan, grad_accum: int, num_workers: int = 0, epoch: int = 0,
+    def __init__(self, source: BatchSource, plan: EpochPlan | StreamPlan, grad_accum: int, num_workers: int = 0,
+                 epoch: int = 0,
                  position: int = 0) -> None:
         if not 1 <= grad_accum <= plan.batches_per_epoch:
             raise ConfigError(f"grad_accum={grad_accum} needs 1 to {plan.batches_per_epoch} batches per epoch")
@@ -131,9 +237,9 @@ class StepBatches:
             self.epoch, self.position = self.epoch + 1, 0
         if self._batches is None:
             full_steps = (self.plan.batches_per_epoch - self.position) // self.grad_accum
-            self._batches = iter(epoch_loader(self.source, self.plan, self.epoch, start=self.position,
-                                              stop=self.position + full_steps * self.grad_accum,
-                                              num_workers=self.num_workers))
+            self._batches = iter(self.plan.loader(self.source, self.epoch, start=self.position,
+                                                  stop=self.position + full_steps * self.grad_accum,
+                                                  num_workers=self.num_workers))
         step = [next(self._batches) for _ in range(self.grad_accum)]
         self.position += self.grad_accum
         return step

@@ -40,7 +40,7 @@ from vlm.engine.checkpoint import (
     set_rng_state,
     step_dir_name,
 )
-from vlm.engine.loader import BatchSource, EpochPlan, StepBatches
+from vlm.engine.loader import BatchSource, EpochPlan, StepBatches, StreamPlan, is_streamed
 from vlm.engine.metrics import MetricsLogger, RunningMean, progress
 from vlm.engine.run import RunContext
 from vlm.engine.stopping import StoppingRule
@@ -123,8 +123,18 @@ class Trainer:
         self.save_model = save_model
         self.max_text_len = max_text_len
         self.source = source
-        self.plan = EpochPlan(len(source), cfg.batch_size, world_size=self.dist.world_size, rank=self.dist.rank,
-                              seed=cfg.seed)
+        self.plan: EpochPlan | StreamPlan
+        if is_streamed(source):
+            self.plan = StreamPlan(source, cfg.batch_size, world_size=self.dist.world_size, rank=self.dist.rank,
+                                   num_workers=cfg.num_workers)
+            if self.dist.is_main:
+                logger.warning("streamed training data: %d slot(s) (%d rank(s) x %d reader(s)), %d batches of %d per "
+                            "rank and epoch; %d of %d examples are left out of each epoch so that every slot gives as "
+                            "many batches", self.plan.slots, self.dist.world_size, self.plan.workers,
+                            self.plan.batches_per_epoch, cfg.batch_size, self.plan.unused, len(source))
+        else:
+            self.plan = EpochPlan(len(source), cfg.batch_size, world_size=self.dist.world_size, rank=self.dist.rank,
+                                  seed=cfg.seed)
         if self.plan.batches_per_epoch < cfg.grad_accum:
             raise VLMError(f"{len(source)} training examples make {self.plan.batches_per_epoch} batches of "
                            f"{cfg.batch_size} x {self.dist.world_size} rank(s); need at least train.grad_accum="
@@ -177,7 +187,7 @@ class Trainer:
         buffers = [(b, b.detach().clone()) for b in self.task.buffers()]
         cuda = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
-            batch = self.source.batch(self.plan.indices(0, 0), 0).to(self.device)
+            batch = self.plan.first_batch(self.source).to(self.device)
             self.task.train()
             with autocast(self.device, self.cfg.precision):
                 loss = self.task(batch).loss
@@ -360,7 +370,8 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "rng": rngs, "history": self.history,
                 "stopping": self.stopping.state_dict() if self.stopping is not None else None,
                 "plan": {"world_size": self.dist.world_size, "batch_size": self.cfg.batch_size,
-                         "grad_accum": self.cfg.grad_accum, "seed": self.cfg.seed, "examples": len(self.source)}}
+                         "grad_accum": self.cfg.grad_accum, "seed": self.cfg.seed, "examples": len(self.source),
+                         **self.plan.record()}}
 
     def save(self) -> Path | None:
         state = self.state_dict()  # a collective under DDP: every rank takes part
@@ -385,6 +396,12 @@ class Trainer:
         if plan["examples"] != len(self.source):
             raise CheckpointError(f"{ckpt}: saved for {plan['examples']} training examples, this run has "
                                   f"{len(self.source)}; resume with the same data")
+        now_plan = self.plan.record()
+        if plan.get("streamed") != now_plan.get("streamed"):
+            logger.warning("%s: saved with a %s data plan %s, resuming with %s %s: the data order will not replay "
+                           "exactly", ckpt, "streamed" if plan.get("streamed") else "random-access",
+                           plan.get("streamed") or "", "a streamed one" if now_plan.get("streamed") else "random access",
+                           now_plan.get("streamed") or "")
         for key, now in (("world_size", self.dist.world_size), ("batch_size", self.cfg.batch_size),
                          ("grad_accum", self.cfg.grad_accum), ("seed", self.cfg.seed)):
             if plan[key] != now:
