@@ -120,21 +120,24 @@ def disk_read_mbps(paths: list[Path], limit: int) -> float:
 class _Samples(torch.utils.data.Dataset):
     """The store's samples in the training plan's order, in batches of 64 (what a rank's loader reads)."""
 
-    def __init__(self, store: FeatureStore, ids: list[str], plan: EpochPlan) -> None:
-        self.store, self.ids, self.plan = store, ids, plan
+    def __init__(self, store: FeatureStore, ids: list[str], plan: EpochPlan, prefetch: bool) -> None:
+        self.store, self.ids, self.plan, self.prefetch = store, ids, plan, prefetch
 
     def __len__(self) -> int:
         return self.plan.batches_per_epoch
 
     def __getitem__(self, position: int) -> int:
-        return sum(self.store[self.ids[i]]["feats"].nbytes for i in self.plan.indices(0, position))
+        batch = [self.ids[i] for i in self.plan.indices(0, position)]
+        if self.prefetch:  # as the batch builders do
+            self.store.prefetch(batch)
+        return sum(self.store[i]["feats"].nbytes for i in batch)
 
 
-def loader_rate(store: FeatureStore, ids: list[str], workers: int, batches: int, sample_bytes: float
-                ) -> tuple[float, float]:
+def loader_rate(store: FeatureStore, ids: list[str], workers: int, batches: int, sample_bytes: float,
+                prefetch: bool = True, seed: int = 0) -> tuple[float, float]:
     """``(samples/s, MB/s of store bytes)`` of ``batches`` batches read in the plan's order by ``workers`` workers."""
-    plan = EpochPlan(len(ids), 64, seed=workers + 1)  # another order each time: nothing left in the cache helps
-    loader = torch.utils.data.DataLoader(_Samples(store, ids, plan), batch_size=None, sampler=range(batches),
+    plan = EpochPlan(len(ids), 64, seed=seed)  # another order each time: nothing left in the cache helps
+    loader = torch.utils.data.DataLoader(_Samples(store, ids, plan, prefetch), batch_size=None, sampler=range(batches),
                                          num_workers=workers, prefetch_factor=4 if workers else None)
     start = time.perf_counter()
     n = sum(1 for _ in loader) * 64
@@ -256,16 +259,19 @@ def main() -> None:
         print(f"disk, sequential 8 MB reads: {disk:.0f} MB/s", flush=True)
         report["loader"] = {}
         for workers in (0, 1, 2):
-            evict(shards)
-            before = cached_bytes(shards)
-            rate, mbps = loader_rate(store, ids, workers, args.loader_batches, sample_bytes)
-            after = cached_bytes(shards)
-            report["loader"][workers] = {"samples_per_s": rate, "mbps": mbps, "cached_before": before,
-                                         "cached_after": after}
-            held = "" if before is None else (f"; page cache held {before / 1e9:.2f} GB of the store before, "
-                                              f"{after / 1e9:.2f} GB after")
-            print(f"loader, {workers} workers: {rate:.0f} samples/s = {mbps:.0f} MB/s = {mbps / disk:.2f} of the "
-                  f"disk{held}    target >= 0.70", flush=True)
+            for prefetch in (False, True):
+                evict(shards)
+                before = cached_bytes(shards)
+                rate, mbps = loader_rate(store, ids, workers, args.loader_batches, sample_bytes, prefetch,
+                                         seed=1 + 2 * workers + prefetch)
+                after = cached_bytes(shards)
+                report["loader"][f"{workers}{'-prefetch' if prefetch else ''}"] = {
+                    "samples_per_s": rate, "mbps": mbps, "cached_before": before, "cached_after": after}
+                held = "" if before is None else (f"; page cache held {before / 1e9:.2f} GB of the store before, "
+                                                  f"{after / 1e9:.2f} GB after")
+                print(f"loader, {workers} workers, {'with' if prefetch else 'no'} prefetch hints: {rate:.0f} "
+                      f"samples/s = {mbps:.0f} MB/s = {mbps / disk:.2f} of the disk{held}    target >= 0.70",
+                      flush=True)
 
         # memory: the loader alone, then a training rank over a long slice
         tok = vlm.load_tokenizer()

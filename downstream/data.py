@@ -45,7 +45,10 @@ class _Joined:
     def _batch(self, indices: np.ndarray, store: Mapping[str, Any] | None = None, **targets: Any) -> Batch:
         ids, mask = self.tokens.pad(indices, self.pad_id)
         store = self.store if store is None else store
-        return collate(ids, mask, [regions_of(store[self.image_ids[i]]) for i in indices], **targets)
+        images = [self.image_ids[i] for i in indices]
+        if hasattr(store, "prefetch"):  # the batch's reads queue up on the disk together
+            store.prefetch(images)
+        return collate(ids, mask, [regions_of(store[image]) for image in images], **targets)
 
 
 class VQAData(_Joined):

@@ -224,6 +224,9 @@ class PretrainData:
         if not cfg.mlm_mismatched:  # masked alike (an unmasked text would give its pair away), scored only if true
             mlm_labels[torch.from_numpy(matched == 0)] = IGNORE
         # --- regions: pad to the most regions, mask regions (donors from other images of the dataset)
+        lookup = self.store if store is None else store
+        if hasattr(lookup, "prefetch"):  # the batch's reads queue up on the disk together
+            lookup.prefetch([self.images[c] for c in self.image_code[indices]])
         samples = [self._regions(self.images[c], store) for c in self.image_code[indices]]
         in_batch = np.unique(self.image_code[indices]) if store is not None else None
         feats, boxes, region_mask = pad_regions([(f, bx) for f, bx, _ in samples])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,19 @@ class FeatureStore(Mapping[str, dict[str, Any]]):
             raise ShardError(f"shard {path}: index points to {sample['image_id']!r} for {image_id!r}; the index is "
                              f"stale, run `vlm features inspect {self.directory} --reindex`")
         return sample
+
+    def prefetch(self, image_ids: Iterable[str]) -> None:
+        """Ask the kernel to start reading these samples (``posix_fadvise(WILLNEED)``), so that the reads of a batch
+        queue up on the disk together instead of one after another; a hint only (ids not in the store are ignored, a
+        store by URL does nothing)."""
+        if self.remote is not None or not hasattr(os, "posix_fadvise"):
+            return
+        for image_id in image_ids:
+            entry = self._index.find(image_id) if isinstance(image_id, str) else None
+            if entry is not None:
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(self._fd(int(entry["shard"])), int(entry["offset"]), int(entry["size"]),
+                                     os.POSIX_FADV_WILLNEED)
 
     def ids(self) -> Iterator[str]:
         """Yield all image ids in shard order (reads one shard sidecar at a time)."""
