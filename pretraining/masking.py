@@ -86,6 +86,7 @@ def mask_regions(feats: torch.Tensor, region_mask: torch.Tensor, u: torch.Tensor
     selected = region_mask.bool() & (u[..., 0] < cfg.region_prob)
     zero = selected & (u[..., 1] < cfg.region_zero)
     swap = selected & (u[..., 1] >= cfg.region_zero) & (u[..., 1] < cfg.region_zero + cfg.region_swap)
-    out = torch.where(swap[..., None], donors.to(feats.dtype), feats)
-    out = out.masked_fill(zero[..., None], 0.0)
+    out = feats.clone()  # then only the selected rows are written (and only the swapped rows of donors read)
+    out[swap] = donors[swap].to(feats.dtype)
+    out[zero] = 0.0
     return out, selected

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from collections.abc import Mapping
 from typing import Any
@@ -208,7 +209,22 @@ def parse_members(data: bytes) -> dict[str, bytes]:
     return members
 
 
+_NPY_HEADER = re.compile(rb"\{'descr': '([<>|][fiub][1248])', 'fortran_order': False, 'shape': \(((?:\d+, )*\d*,?)\), \}")
+
+
 def _load_npy(data: bytes, what: str) -> np.ndarray:
+    """The array of ``.npy`` bytes. The headers numpy writes for a C-ordered number array (every array of a store)
+    are parsed here directly — ``numpy.lib.format`` evaluates the header as a Python literal, which took a third of
+    reading a sample — and anything else goes through numpy."""
+    if data[:8] == b"\x93NUMPY\x01\x00" and len(data) >= 10:
+        end = 10 + int.from_bytes(data[8:10], "little")
+        m = _NPY_HEADER.match(data, 10, end)
+        if m is not None:
+            dtype = np.dtype(m.group(1).decode())
+            shape = tuple(int(x) for x in m.group(2).split(b",") if x.strip())
+            count = int(np.prod(shape)) if shape else 1
+            if len(data) - end == count * dtype.itemsize:
+                return np.frombuffer(data, dtype, count, end).reshape(shape).copy()
     try:
         return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:
