@@ -9,7 +9,8 @@ are noisy — run it on a quiet machine):
    and MB/s with 0, 1 and 2 DataLoader workers, the training plan's order, pages evicted first; target >= 70% of the
    disk's speed. ``fincore`` says how much of the store the page cache held before and after;
 3. memory: PSS (``/proc/PID/smaps_rollup``; RSS counts pages shared with forked workers twice) of a loader-only
-   process with 2 workers, and of a training rank (lxmert-mini) with 2 workers sampled over a long slice of an epoch —
+   process with 2 workers, and of a training rank (lxmert-mini) with 2 workers sampled over a long slice of an epoch
+   after a warm-up (``--warmup`` steps, sampled too) —
    targets: the loader <= 1.5 GB, the training rank flat (growth <= 5% from the first sample to the last);
 4. the step time with the real loader against the same batches already in memory, lxmert-mini and lxmert-base, from
    local disk and over a loopback HTTP server (``vlm features serve``) — targets >= 0.95 (disk) and >= 0.90 (HTTP).
@@ -248,6 +249,8 @@ def main() -> None:
     ap.add_argument("--read-gb", type=float, default=4.0, help="GB read for the disk's sequential speed")
     ap.add_argument("--loader-batches", type=int, default=60, help="batches of 64 per loader measurement")
     ap.add_argument("--slice", type=int, default=300, help="training steps of the memory slice (lxmert-mini)")
+    ap.add_argument("--warmup", type=int, default=100, help="training steps before the memory slice (the allocator's "
+                    "and the optimizer's first allocations)")
     ap.add_argument("--steps", type=int, default=20, help="steps per variant and round of the step-time ratio")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--archs", default="lxmert-mini:64,lxmert-base:16",
@@ -309,23 +312,25 @@ def main() -> None:
         worst = max(pss, key=sum)
         report["loader_pss_mb"] = sum(worst)
         report["loader_pss_samples"] = pss
-        print(f"loader-only process + 2 workers, fresh process, PSS sampled every 10 of {max(40, args.loader_batches * 2)}"
-              f" batches: at most {sum(worst):.0f} MB (process {worst[0]:.0f} + workers "
+        print(f"loader-only process + 2 workers, fresh process, PSS sampled every 10 of "
+              f"{max(40, args.loader_batches * 2)} batches: at most {sum(worst):.0f} MB (process {worst[0]:.0f} + workers "
               f"{' + '.join(f'{w:.0f}' for w in worst[1:])})    target <= 1,500 MB", flush=True)
         trainer = make_trainer("lxmert-mini", data, 64, root)
-        loader = iter(epoch_loader(data, plan, 0, num_workers=2, stop=min(args.slice, plan.batches_per_epoch)))
-        samples = []
+        total = min(args.warmup + args.slice, plan.batches_per_epoch)
+        loader = iter(epoch_loader(data, plan, 0, num_workers=2, stop=total))
         every = max(1, args.slice // 10)
+        warm, samples = [], []  # PSS every `every` steps, during the warm-up and over the slice after it
         for step, batch in enumerate(loader):
             trainer.train_step([batch])
             if step % every == every - 1:
-                samples.append(family_pss_mb())
+                (warm if step < args.warmup else samples).append(family_pss_mb())
         del loader
         first, last = samples[0], samples[-1]
-        report.update(train_pss_mb=samples, train_pss_growth=(last - first) / first)
-        print(f"training rank (lxmert-mini, batch 64) + 2 workers, PSS over {args.slice} steps: "
-              f"{' / '.join(f'{s:.0f}' for s in samples)} MB; growth {100 * (last - first) / first:+.1f}%    "
-              "target <= +5%", flush=True)
+        report.update(train_pss_warmup_mb=warm, train_pss_mb=samples, train_pss_growth=(last - first) / first)
+        print(f"training rank (lxmert-mini, batch 64) + 2 workers, PSS during the first {args.warmup} steps: "
+              f"{' / '.join(f'{s:.0f}' for s in warm)} MB; then every {every} steps over {args.slice} steps: "
+              f"{' / '.join(f'{s:.0f}' for s in samples)} MB; growth over the slice {100 * (last - first) / first:+.1f}%"
+              "    target <= +5%", flush=True)
 
         # step time: the real loader vs batches in memory, from disk and over HTTP
         server, url = serve(store_dir)
@@ -346,7 +351,7 @@ def main() -> None:
                     evict(shards)
                     rates["http"].append(steps_per_s(trainer, remote, args.steps, args.rounds + r, None))
                 med = {k: statistics.median(v) for k, v in rates.items()}
-                report["steps"][arch] = {"batch": int(batch), **med}
+                report["steps"][arch] = {"batch": int(batch), **med, "rounds": rates}
                 print(f"{arch}, batch {batch}: {med['memory']:.3f} steps/s in memory; real loader from disk "
                       f"{med['disk'] / med['memory']:.3f}x (target >= 0.95), over HTTP "
                       f"{med['http'] / med['memory']:.3f}x (target >= 0.90); median of {args.rounds} rounds of "
