@@ -228,3 +228,20 @@ def record_differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -
     for key in sorted(set(w1) & set(w2)):
         differ(f"weights.{key}.sha256", w1[key][:12], w2[key][:12])
     return out
+
+
+class StoreShape:
+    """``feature_dim`` and ``num_regions`` read from ``self.manifest``: the readers' shared properties."""
+
+    manifest: dict[str, Any]
+
+    @property
+    def feature_dim(self) -> int:
+        """Feature size D."""
+        return int(self.manifest["feature_dim"])
+
+    @property
+    def num_regions(self) -> int | None:
+        """Regions per image K, or ``None`` when it varies (imported TSVs with adaptive box counts)."""
+        k = self.manifest.get("num_regions")
+        return None if k is None else int(k)

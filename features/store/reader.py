@@ -23,7 +23,7 @@ from features.store.format import (
     read_checked,
 )
 from features.store.index import StoreIndex
-from features.store.manifest import load_manifest, parse_manifest
+from features.store.manifest import StoreShape, load_manifest, parse_manifest
 from features.store.remote import HttpFiles, is_url
 from features.store.verify import check_shard_size
 from features.store.writer import load_sidecar, parse_sidecar
@@ -45,7 +45,7 @@ def warn_unverified(directory: os.PathLike[str] | str) -> None:
                        "add them", directory, directory)
 
 
-class FeatureStore(Mapping[str, dict[str, Any]]):
+class FeatureStore(StoreShape, Mapping[str, dict[str, Any]]):
     """Random access to a finished store by image id.
 
     ``store[image_id]`` returns ``{"image_id", "feats": float16 [K, D], "boxes": float32 [K, 4], "meta": dict}``.
@@ -101,17 +101,6 @@ class FeatureStore(Mapping[str, dict[str, Any]]):
         self.max_open_files = max_open_files
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
-
-    @property
-    def feature_dim(self) -> int:
-        """Feature size D."""
-        return int(self.manifest["feature_dim"])
-
-    @property
-    def num_regions(self) -> int | None:
-        """Regions per image K, or ``None`` when it varies (imported TSVs with adaptive box counts)."""
-        k = self.manifest.get("num_regions")
-        return None if k is None else int(k)
 
     def __len__(self) -> int:
         return int(self.manifest["num_samples"])

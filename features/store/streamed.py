@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from features.errors import ShardError, StoreError
 from features.store.format import MANIFEST, decode_sample, read_checked
-from features.store.manifest import parse_manifest
+from features.store.manifest import StoreShape, parse_manifest
 from features.store.remote import HttpFiles, is_url, remote_settings
 from features.store.writer import parse_sidecar
 
@@ -192,7 +192,7 @@ class _Stream:
             raise _Broken(f"exit status {status}: {message.decode(errors='replace').strip() or '(no message)'}")
 
 
-class StreamedStore:
+class StreamedStore(StoreShape):
     """A feature store read shard by shard, front to back (no random access).
 
     It answers what the data plan needs before reading any shard — the image ids (``in``, :meth:`ids`), which shard
@@ -235,17 +235,6 @@ class StreamedStore:
             for image_id in record["ids"]:
                 self._shard_of[image_id] = pos
         self.checked = verify and all("xxh3_64" in r for r in self._sidecars)
-
-    @property
-    def feature_dim(self) -> int:
-        """Feature size D."""
-        return int(self.manifest["feature_dim"])
-
-    @property
-    def num_regions(self) -> int | None:
-        """K if fixed, else None."""
-        k = self.manifest.get("num_regions")
-        return int(k) if k is not None else None
 
     @property
     def num_shards(self) -> int:
