@@ -182,8 +182,9 @@ def loader_only(store_dir: Path, batches: int) -> None:
     data = make_data(store, list(store.ids()), vlm.load_tokenizer())
     plan = EpochPlan(len(data), 64, seed=0)
     samples = []
-    for n, _ in enumerate(epoch_loader(data, plan, 0, num_workers=2, stop=min(batches, plan.batches_per_epoch))):
-        if n >= 10 and n % 10 == 0:
+    stop = min(batches, plan.batches_per_epoch)
+    for n, _ in enumerate(epoch_loader(data, plan, 0, num_workers=2, stop=stop)):
+        if (n >= 10 and n % 10 == 0) or n == stop - 1:  # and at the last batch (a small store has few)
             samples.append(family_pss())
     print(json.dumps(samples))
 
