@@ -15,7 +15,7 @@ import torch
 
 from vlm.batch import Batch
 from vlm.data.classification import ClassificationExample
-from vlm.data.collate import TokenTable, collate, join_to_store, regions_of
+from vlm.data.collate import TokenTable, collate, join_to_store, read_samples, regions_of
 from vlm.data.vqa import AnswerVocab, VQAExample, answer_targets
 from vlm.errors import DataError
 
@@ -44,11 +44,8 @@ class _Joined:
 
     def _batch(self, indices: np.ndarray, store: Mapping[str, Any] | None = None, **targets: Any) -> Batch:
         ids, mask = self.tokens.pad(indices, self.pad_id)
-        store = self.store if store is None else store
-        images = [self.image_ids[i] for i in indices]
-        if hasattr(store, "prefetch"):  # the batch's reads queue up on the disk together
-            store.prefetch(images)
-        return collate(ids, mask, [regions_of(store[image]) for image in images], **targets)
+        samples = read_samples(self.store if store is None else store, [self.image_ids[i] for i in indices])
+        return collate(ids, mask, [regions_of(s) for s in samples], **targets)
 
 
 class VQAData(_Joined):

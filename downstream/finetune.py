@@ -30,7 +30,7 @@ from vlm.data.classification import ClassList, check_training_labels
 from vlm.data.easy_vqa import is_builtin
 from vlm.data.readers import BUILTIN_TASK_DATA, read_classification, read_vqa
 from vlm.data.split import split_holdout
-from vlm.data.streamed import StreamedExamples
+from vlm.data.streamed import streamed_source
 from vlm.data.vqa import AnswerVocab, example_answers
 from vlm.engine import distributed as D
 from vlm.engine.run import RunContext, start_run
@@ -131,11 +131,10 @@ class FinetuneRun:
         spec = cfg.train_spec()
         test_spec = cfg.eval_spec()
         tok = vlm.load_tokenizer()
-        streamed = getattr(train_store, "streamed", False)
         test_store = eval_store or train_store
         # validation images are training images, read by random access (a streamed folder or URL is opened again)
-        val_store = random_access(train_store, "validation data (data.holdout_images)") if streamed and \
-            d.holdout_images else train_store
+        val_store = random_access(train_store, "validation data (data.holdout_images)") if d.holdout_images else \
+            train_store
         overrides = dict(cfg.model, visual_feat_dim=train_store.feature_dim)
         self.vocab: AnswerVocab | None = None
         self.classes: ClassList | None = None
@@ -181,8 +180,7 @@ class FinetuneRun:
         self.model = vlm.create_model(cfg.init, task=cfg.task, labels=labels, **overrides)  # run's seed
         self.transform = transform_for(cfg.modality)
         source = self.train_data if self.transform is None else TransformedSource(self.train_data, self.transform)
-        if streamed:
-            source = StreamedExamples(source, train_store, buffer_size=d.stream_buffer, seed=cfg.train.seed)
+        source = streamed_source(source, train_store, buffer_size=d.stream_buffer, seed=cfg.train.seed)
 
         self._last_eval: tuple[int, dict, dict] | None = None  # (step, metrics, predictions) of the latest eval
 

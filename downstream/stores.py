@@ -58,7 +58,7 @@ def open_stores(train_dir: Path | str | None, eval_dir: Path | str | None, *, st
         return train, None
     if eval_dir == train_dir and train is not None:
         return train, random_access(train)
-    return train, random_access(open_store(eval_dir))
+    return train, random_access(eval_dir)
 
 
 def run_stores(train_spec: str, eval_spec: str, *, features: str, eval_features: str, cache_dir: str, backend: str,
@@ -88,4 +88,4 @@ def eval_store(spec: str, *, split: str, features: str, cache_dir: str, backend:
     _, store_dir = resolve_stores(train_builtin=False, eval_builtin=is_builtin(spec), eval_features=features,
                                   cache_dir=cache_dir, backend=backend, eval_split=split, need_train=False,
                                   what=spec, progress=show_progress)
-    return random_access(open_store(store_dir), "the examples `vlm evaluate` scores")
+    return random_access(store_dir, "the examples `vlm evaluate` scores")

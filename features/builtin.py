@@ -110,8 +110,8 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
                    ) -> tuple[Path | str | None, Path | str | None]:
     """The feature stores of a run: ``(train store, held-out store)``; the one rule of every command.
 
-    A store given by ``http(s)://`` URL or ``pipe:`` command is returned as that string (:class:`~features.store.FeatureStore` reads it
-    over HTTP); a folder as a ``Path``.
+    A store given by ``http(s)://`` URL (read over HTTP) or ``pipe:`` command (streamed) is returned as that string;
+    a folder as a ``Path``.
 
     * training: ``features`` when given; else the built-in store of ``train_split`` when the training data is built
       in; else an error (a store is needed);

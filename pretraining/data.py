@@ -37,7 +37,7 @@ import torch
 from pretraining.masking import IGNORE, MaskingConfig, mask_regions, mask_tokens
 from pretraining.negatives import MatchingConfig, swap_variants
 from vlm.batch import Batch
-from vlm.data.collate import TokenTable, join_to_store, pad_regions, regions_of
+from vlm.data.collate import TokenTable, join_to_store, pad_regions, read_samples, regions_of
 from vlm.data.texts import TextExample
 from vlm.data.vqa import AnswerVocab, answer_scores
 
@@ -166,10 +166,6 @@ class PretrainData:
         """The image id of each example (a streamed plan reads them in its own order)."""
         return [self.images[c] for c in self.image_code]
 
-    def _regions(self, image: str, store: Mapping[str, Any] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        s = (self.store if store is None else store)[image]
-        return (*regions_of(s), s["meta"])
 
     def batch(self, indices: np.ndarray, epoch: int, store: Mapping[str, Any] | None = None) -> Batch:
         """Examples ``indices`` of ``epoch``, masked and paired.
@@ -225,9 +221,8 @@ class PretrainData:
             mlm_labels[torch.from_numpy(matched == 0)] = IGNORE
         # --- regions: pad to the most regions, mask regions (donors from other images of the dataset)
         lookup = self.store if store is None else store
-        if hasattr(lookup, "prefetch"):  # the batch's reads queue up on the disk together
-            lookup.prefetch([self.images[c] for c in self.image_code[indices]])
-        samples = [self._regions(self.images[c], store) for c in self.image_code[indices]]
+        samples = [(*regions_of(s), s["meta"])
+                   for s in read_samples(lookup, [self.images[c] for c in self.image_code[indices]])]
         in_batch = np.unique(self.image_code[indices]) if store is not None else None
         feats, boxes, region_mask = pad_regions([(f, bx) for f, bx, _ in samples])
         k, d = feats.shape[1], feats.shape[2]
@@ -254,7 +249,7 @@ class PretrainData:
                     if in_batch[pick] == self.image_code[i] and len(in_batch) > 1:
                         pick = (pick + 1) % len(in_batch)
                     other = int(in_batch[pick])
-                of, _, _ = self._regions(self.images[other], store)
+                of, _ = regions_of(lookup[self.images[other]])
                 donors[r, slot] = of[int(rng.integers(of.shape[0]))]
             if labels:
                 obj[r, :kk] = meta["objects_id"][:kk]

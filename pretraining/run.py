@@ -37,7 +37,7 @@ from vlm.config import (
 from vlm.data.easy_vqa import is_builtin
 from vlm.data.readers import read_texts
 from vlm.data.split import split_holdout
-from vlm.data.streamed import StreamedExamples
+from vlm.data.streamed import streamed_source
 from vlm.engine import distributed as D
 from vlm.engine.loader import eval_batches
 from vlm.engine.run import RunContext, start_run
@@ -169,8 +169,7 @@ class PretrainTexts:
         train_store = open_store(train_dir, stream=d.stream)
         held = None
         if self.eval:  # read by random access (a streamed folder or URL is opened again; a pipe: store is refused)
-            held = random_access(train_store) if d.holdout_images or eval_dir == train_dir else \
-                random_access(open_store(eval_dir))
+            held = random_access(train_store if d.holdout_images or eval_dir == train_dir else eval_dir)
         agree_on_stores(train_store, held, agree=D.agree)
         return train_store, held
 
@@ -223,9 +222,7 @@ class PretrainRun:
         def evaluate(t: PretrainTask) -> dict[str, float]:
             return evaluate_pretraining(t, eval_data, cfg.train.batch_size, run.dist, run.device, clean=eval_clean)
 
-        source: Any = train_data
-        if getattr(train_store, "streamed", False):
-            source = StreamedExamples(train_data, train_store, buffer_size=d.stream_buffer, seed=cfg.train.seed)
+        source = streamed_source(train_data, train_store, buffer_size=d.stream_buffer, seed=cfg.train.seed)
         self.trainer = Trainer(task, source, cfg.train, save_model=model, run=run,
                                evaluate=evaluate if eval_data is not None else None, run_config_yaml=cfg.to_yaml(),
                                keep_last=cfg.train.keep_last, show_progress=show_progress,

@@ -209,7 +209,8 @@ def parse_members(data: bytes) -> dict[str, bytes]:
     return members
 
 
-_NPY_HEADER = re.compile(rb"\{'descr': '([<>|][fiub][1248])', 'fortran_order': False, 'shape': \(((?:\d+, )*\d*,?)\), \}")
+_NPY_HEADER = re.compile(rb"\{'descr': '([<>|][fiub][1248])', 'fortran_order': False, "
+                         rb"'shape': \(((?:\d+, )*\d*,?)\), \}")
 
 
 def _load_npy(data: bytes, what: str) -> np.ndarray:

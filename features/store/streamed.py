@@ -23,6 +23,7 @@ The data plan built on it (which shards, in what order, through a shuffle buffer
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import shlex
 import subprocess
@@ -97,7 +98,7 @@ class _Source:
         """A front-to-back stream of the file ``name``."""
         if self.kind == "folder":
             try:
-                return _Stream(open(Path(self.location) / name, "rb"), self.describe(name))  # noqa: SIM115
+                return _Stream(open(Path(self.location) / name, "rb"))  # noqa: SIM115
             except OSError as exc:
                 raise ShardError(f"shard {self.describe(name)} cannot be opened: {exc.strerror or exc}") from None
         if self.kind == "http":
@@ -107,10 +108,10 @@ class _Source:
                 raise _Broken(f"HTTP {exc.code} {exc.reason}", retry=exc.code >= 500 or exc.code == 429) from None
             except (OSError, urllib.error.URLError) as exc:
                 raise _Broken(f"{exc}") from None
-            return _Stream(response, self.describe(name))
+            return _Stream(response)
         err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the stream; a file never blocks a chatty command
         process = subprocess.Popen(self._command(name), shell=True, stdout=subprocess.PIPE, stderr=err)
-        return _Stream(process.stdout, self.describe(name), process=process, stderr=err)
+        return _Stream(process.stdout, process=process, stderr=err)
 
 
 class _Broken(Exception):
@@ -124,9 +125,9 @@ class _Broken(Exception):
 class _Stream:
     """A file read front to back, counting bytes; a ``pipe:`` command's exit status is checked on :meth:`finish`."""
 
-    def __init__(self, handle: IO[bytes] | Any, what: str, process: subprocess.Popen | None = None,
+    def __init__(self, handle: IO[bytes] | Any, process: subprocess.Popen | None = None,
                  stderr: IO[bytes] | None = None) -> None:
-        self.handle, self.what, self.process, self.stderr = handle, what, process, stderr
+        self.handle, self.process, self.stderr = handle, process, stderr
         self.pos = 0
 
     def read(self, size: int) -> bytes:
@@ -156,7 +157,7 @@ class _Stream:
         return done
 
     def failure(self) -> str | None:
-        """At the end of a stream that came up short: the command's failure (``exit status N: message``), if any."""
+        """Once the stream has ended: the command's failure (``exit status N: message``), if it failed."""
         if self.process is None:
             return None
         try:
@@ -170,26 +171,21 @@ class _Stream:
         return f"exit status {status}: {message or '(no message)'}"
 
     def finish(self) -> None:
-        """Close; a command that failed raises :class:`_Broken` with its message."""
-        self.close(check=True)
+        """Close at the end of the stream; a command that failed raises :class:`_Broken` with its message."""
+        message = self.failure()
+        self.close()
+        if message:
+            raise _Broken(message)
 
-    def close(self, check: bool = False) -> None:
-        try:
+    def close(self) -> None:
+        """Close, stopping a command that still runs."""
+        with contextlib.suppress(OSError):
             self.handle.close()
-        except OSError:
-            pass
-        if self.process is None:
-            return
-        if not check:
-            self.process.kill()
-        status = self.process.wait()
-        message = b""
-        if self.stderr is not None:
-            self.stderr.seek(0)
-            message = self.stderr.read()[-500:]
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
             self.stderr.close()
-        if check and status != 0:
-            raise _Broken(f"exit status {status}: {message.decode(errors='replace').strip() or '(no message)'}")
 
 
 class StreamedStore(StoreShape):
@@ -234,7 +230,6 @@ class StreamedStore(StoreShape):
             self._sidecars.append(record)
             for image_id in record["ids"]:
                 self._shard_of[image_id] = pos
-        self.checked = verify and all("xxh3_64" in r for r in self._sidecars)
 
     @property
     def num_shards(self) -> int:
@@ -338,19 +333,22 @@ def open_store(location: str | os.PathLike[str], *, stream: bool = False) -> Any
     return FeatureStore(location)
 
 
-def random_access(store: Any, role: str = "the held-out data") -> Any:
-    """``store`` itself, or for a streamed store of a folder or URL a random-access reader of the same store.
+def random_access(source: Any, role: str = "the held-out data") -> Any:
+    """A random-access reader of ``source``: a store or a store's location. A :class:`FeatureStore` is returned as it
+    is; a streamed store of a folder or URL, or a location, gives a :class:`FeatureStore` of it.
 
     Raises:
-        StoreError: A ``pipe:`` store, which can only be streamed; the message says what to give ``role`` instead.
+        StoreError: A ``pipe:`` store, which can only be streamed (refused before anything is fetched); the message
+            says what to give ``role`` instead.
     """
     from features.store.reader import FeatureStore
 
-    if not getattr(store, "streamed", False):
-        return store
-    if is_pipe(store.location):
-        raise StoreError(f"{role} are read by random access, and the pipe: store {store.location!r} can only be "
+    if isinstance(source, FeatureStore):
+        return source
+    location = source.location if isinstance(source, StreamedStore) else source
+    if is_pipe(location):
+        raise StoreError(f"{role} are read by random access, and the pipe: store {location!r} can only be "
                          "streamed: give them a store of their own (--eval-features / data.eval_features: a folder or "
                          "an http(s):// URL; `vlm features stage` copies a served store) and, for validation, "
                          "data.holdout_images=0 with --eval-data")
-    return FeatureStore(store.location)
+    return FeatureStore(location)

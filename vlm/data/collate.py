@@ -113,6 +113,14 @@ def join_to_store(image_ids: list[str], store: Any, name: str) -> tuple[np.ndarr
     return np.asarray(keep, dtype=np.int64), report
 
 
+def read_samples(store: Any, image_ids: list[str]) -> list[dict[str, Any]]:
+    """The store samples of a batch's images; a store that can (``prefetch``) is first told all of them, so that
+    their reads queue on the disk together instead of one after another."""
+    if hasattr(store, "prefetch"):
+        store.prefetch(image_ids)
+    return [store[image] for image in image_ids]
+
+
 def regions_of(sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The real regions of a store sample (``meta["num_valid"]`` drops a detector's padding boxes)."""
     k = int(sample["meta"].get("num_valid", sample["feats"].shape[0]))

@@ -138,3 +138,9 @@ class StreamedExamples:
         raise DataError(f"the streamed store {self.store.location} is read in shard order, not by index: the "
                         "engine's StreamPlan reads it (Trainer does this by itself)")
 
+
+def streamed_source(data: Any, store: Any, *, buffer_size: int = 2000, seed: int = 0) -> Any:
+    """``data`` as the engine's batch source: wrapped in :class:`StreamedExamples` when ``store`` is streamed."""
+    if not getattr(store, "streamed", False):
+        return data
+    return StreamedExamples(data, store, buffer_size=buffer_size, seed=seed)

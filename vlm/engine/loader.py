@@ -119,9 +119,7 @@ class StreamPlan:
             raise ConfigError(f"a streamed plan made for {self.num_workers} loader workers cannot be read with "
                               f"{num_workers}")
         stop = self.batches_per_epoch if stop is None else stop
-        return torch.utils.data.DataLoader(_StreamedBatches(source, self, epoch, start, stop), batch_size=None,
-                                           num_workers=num_workers, collate_fn=_identity, persistent_workers=False,
-                                           generator=_own_generator(), prefetch_factor=2 if num_workers else None)
+        return _batch_loader(_StreamedBatches(source, self, epoch, start, stop), num_workers)
 
     def first_batch(self, source: StreamedSource) -> Batch:
         return next(iter(source.slot_batches(0, self.rank * self.workers, self.slots, self.batch_size, 0)))
@@ -182,10 +180,14 @@ def epoch_loader(source: BatchSource, plan: EpochPlan, epoch: int, start: int = 
     """Batches ``start, start+1, …`` of ``epoch``, up to ``stop`` (default: the epoch's end) excluded; workers
     prefetch whole batches, in order."""
     ds = _PlannedBatches(source, plan, epoch)
-    stop = len(ds) if stop is None else stop
-    return torch.utils.data.DataLoader(ds, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
-                                       collate_fn=_identity, persistent_workers=False, generator=_own_generator(),
-                                       prefetch_factor=2 if num_workers else None)
+    return _batch_loader(ds, num_workers, sampler=range(start, len(ds) if stop is None else stop))
+
+
+def _batch_loader(ds: torch.utils.data.Dataset, num_workers: int, **kwargs: Any) -> torch.utils.data.DataLoader:
+    """A loader of whole batches, in order, drawing no global RNG; workers prefetch two batches each."""
+    return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, collate_fn=_identity,
+                                       persistent_workers=False, generator=_own_generator(),
+                                       prefetch_factor=2 if num_workers else None, **kwargs)
 
 
 class StepBatches:

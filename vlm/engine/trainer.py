@@ -129,9 +129,9 @@ class Trainer:
                                    num_workers=cfg.num_workers)
             if self.dist.is_main:
                 logger.warning("streamed training data: %d slot(s) (%d rank(s) x %d reader(s)), %d batches of %d per "
-                            "rank and epoch; %d of %d examples are left out of each epoch so that every slot gives as "
-                            "many batches", self.plan.slots, self.dist.world_size, self.plan.workers,
-                            self.plan.batches_per_epoch, cfg.batch_size, self.plan.unused, len(source))
+                               "rank and epoch; %d of %d examples are left out of each epoch so that every slot gives "
+                               "as many batches", self.plan.slots, self.dist.world_size, self.plan.workers,
+                               self.plan.batches_per_epoch, cfg.batch_size, self.plan.unused, len(source))
         else:
             self.plan = EpochPlan(len(source), cfg.batch_size, world_size=self.dist.world_size, rank=self.dist.rank,
                                   seed=cfg.seed)
