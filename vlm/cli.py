@@ -264,11 +264,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     func: Callable[[argparse.Namespace], int] = args.func
     start = time.perf_counter()
+    code = 1  # an unexpected exception keeps its traceback
     try:
         code = func(args)
     except (VLMError, FeaturesError) as e:  # user errors; anything else keeps its traceback
         print(f"vlm {args.command}: error: {one_line(e)}", file=sys.stderr)
-        return 2
+        code = 2
+        return code
+    finally:
+        if "torch.distributed" in sys.modules:  # a command under torchrun joined a process group: leave it
+            from vlm.engine.distributed import shutdown
+            shutdown(clean=code == 0)
     logger.info("vlm %s finished in %.1fs", args.command, time.perf_counter() - start)
     return code
 

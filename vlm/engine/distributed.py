@@ -103,6 +103,24 @@ def setup(info: DistInfo, device: torch.device, timeout_s: float = 1800.0) -> No
     logger.info("joined process group: rank %d of %d (%s)", info.rank, info.world_size, backend)
 
 
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group before the process exits (the CLI calls this after every command).
+
+    A process that exits with its gloo group still alive tears the group's connection threads down during
+    interpreter shutdown, while a peer may still be using them; seen here as a worker aborting at exit ("terminate
+    called without an active exception") after a run that had finished, which torchrun reports as a failed node.
+    With ``clean`` (the command succeeded on this rank, so on every rank) the ranks first meet at a barrier, so no
+    rank leaves while another is still in a collective; after a failure the group is just destroyed.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if clean and dist.get_world_size() > 1:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
