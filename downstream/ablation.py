@@ -38,7 +38,7 @@ from downstream.evaluate_model import load_eval_data
 from downstream.finetune import FinetuneConfig, finetune, load_finetune_config
 from downstream.modality import image_only, text_only
 from pretraining.run import PretrainConfig, load_pretrain_config, pretrain
-from vlm.data.easy_vqa import is_builtin
+from vlm.data.builtin import is_builtin
 from vlm.data.readers import read_classification, read_vqa
 from vlm.data.vqa import normalize_answer
 from vlm.engine import distributed as D
@@ -164,7 +164,7 @@ def ablation_configs(*, arch: str | None = None, task: str | None = None, config
                       (eval_features, "data.eval_features"), (init, "init")):
         if flag is not None:
             ft_overrides.append(f"{key}={flag}")
-    cfg = load_finetune_config(config, task, arch if checkpoint is None else None, ft_overrides)
+    cfg = load_finetune_config(config, task, arch if checkpoint is None else None, ft_overrides, data=data)
     cfg.data.cache_dir = cfg.data.cache_dir or cache_dir
     if checkpoint is not None:
         check_checkpoint(checkpoint, arch, cfg.task)
@@ -236,7 +236,8 @@ def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path |
                                show_progress=show_progress)
             rows.append(_row(name, "trained", summary["metrics"]))
     train_spec = (run_cfg or cfg).train_spec()
-    train = read_vqa(train_spec, "train") if cfg.task == "vqa" else read_classification(train_spec, "train")[0]
+    train = (read_vqa(train_spec, "train", cache) if cfg.task == "vqa"
+             else read_classification(train_spec, "train", cache_dir=cache)[0])
     refs = reference_predictions(train, data.examples)
     for name, preds in refs.items():
         rows.append(_row(name, "reference" if name in REFERENCE_ROWS else "ceiling", score(preds, data)))

@@ -25,9 +25,18 @@ from downstream.modality import MODALITIES, TransformedSource, transform_for
 from downstream.stores import check_features, features_info, run_stores
 from downstream.vqa import write_results
 from features.store import FeatureStore, random_access
-from vlm.config import COMMAND_TASKS, ConfigError, DataConfig, TrainConfig, choice, load_run_config, run_config_yaml
+from vlm.config import (
+    COMMAND_TASKS,
+    ConfigError,
+    DataConfig,
+    TrainConfig,
+    choice,
+    load_run_config,
+    run_config_yaml,
+    world_preset,
+)
+from vlm.data.builtin import is_builtin
 from vlm.data.classification import ClassList, check_training_labels
-from vlm.data.easy_vqa import is_builtin
 from vlm.data.readers import BUILTIN_TASK_DATA, read_classification, read_vqa
 from vlm.data.split import split_holdout
 from vlm.data.streamed import streamed_source
@@ -74,9 +83,11 @@ class FinetuneConfig:
 
 
 def load_finetune_config(config: str | None = None, task: str | None = None, arch: str | None = None,
-                         overrides: list[str] | None = None) -> FinetuneConfig:
-    """Preset ``configs/finetune/<name>.yaml`` (default ``<arch>-<task>``) or a YAML file, then dotted overrides."""
-    name = config or f"{arch or 'lxmert'}-{task or 'vqa'}"
+                         overrides: list[str] | None = None, data: str | None = None) -> FinetuneConfig:
+    """Preset ``configs/finetune/<name>.yaml`` or a YAML file, then dotted overrides. The default preset is
+    ``<arch>-<task>``, or ``<arch>-<task>-<world>`` when ``data`` is a generated world's built-in data and that
+    preset exists (``vlm finetune --task vqa --data scenes``)."""
+    name = config or world_preset("finetune", f"{arch or 'lxmert'}-{task or 'vqa'}", data)
     cfg = load_run_config(FinetuneConfig, "finetune", name, overrides or [])
     cfg.init = resolve_folder(cfg.init)
     if task and cfg.task != task:
@@ -141,7 +152,7 @@ class FinetuneRun:
         self.eval_data: VQAData | ClassifyData | None = None  # what training evaluates (validation or test)
         self.test_data: VQAData | ClassifyData | None = None  # with validation: the test data, scored at the end
         if cfg.task == "vqa":
-            train_ex, val = self._split(read_vqa(spec, "train"), spec)
+            train_ex, val = self._split(read_vqa(spec, "train", d.cache_dir), spec)
             self.vocab = AnswerVocab.from_questions((example_answers(e) for e in train_ex), d.answer_min_count)
             self.train_data: VQAData | ClassifyData = VQAData(train_ex, train_store, tok, self.vocab,
                                                               d.max_text_len, d.soft_score_rule, name="train")
@@ -153,10 +164,10 @@ class FinetuneRun:
             if val:
                 self.eval_data = vqa_data(val, val_store, "validation")
             if test_spec:
-                self.test_data = vqa_data(read_vqa(test_spec, "test"), test_store, "test")
+                self.test_data = vqa_data(read_vqa(test_spec, "test", d.cache_dir), test_store, "test")
             labels = self.vocab.answers
         else:
-            all_train, self.classes = read_classification(spec, "train")
+            all_train, self.classes = read_classification(spec, "train", cache_dir=d.cache_dir)
             train_ex, val = self._split(all_train, spec)
             check_training_labels(train_ex, self.classes, spec)
             num_labels = max(2, len(self.classes))
@@ -169,7 +180,7 @@ class FinetuneRun:
             if val:
                 self.eval_data = classify_data(val, val_store, "validation")
             if test_spec:  # the training file's class ids
-                self.test_data = classify_data(read_classification(test_spec, "test", self.classes)[0], test_store,
+                self.test_data = classify_data(read_classification(test_spec, "test", self.classes, d.cache_dir)[0], test_store,
                                                "test")
             labels, overrides["num_labels"] = self.classes.names, num_labels
         if self.eval_data is None:  # no validation: training evaluates the test data itself

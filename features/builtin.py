@@ -1,4 +1,4 @@
-"""The built-in easy-VQA feature stores, in one place: where they live, how they are made, which store a run reads.
+"""The built-in feature stores (easy-VQA and the generated worlds), in one place: where they live, how they are made, which store a run reads.
 
 The built-in data (easy-VQA's questions, captions and statements) has no feature store of its own: its images are
 extracted on first use with the measured default (:func:`features.builtin_extraction`) into a cache folder, one store
@@ -39,20 +39,27 @@ def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(os.path.expanduser("~")) / ".cache" / "vlm"
 
 
-def _settings(backend: str) -> tuple[str, dict[str, Any]]:
-    """Backend and options of the built-in easy-VQA features (``auto``: the measured default)."""
+#: The easy-VQA images (the default of every function here).
+EASY_VQA_IMAGES: Mapping[str, Any] = {"world": "easy-vqa", "name": "easy-vqa",
+                                      "sources": {"train": "easy-vqa:train", "test": "easy-vqa:test"}, "dataset": None}
+
+
+def _settings(backend: str, world: str = "easy-vqa") -> tuple[str, dict[str, Any]]:
+    """Backend and options of a built-in world's features (``auto``: the measured default of that world)."""
     from features.defaults import builtin_extraction
 
     if backend == "auto":
-        return builtin_extraction()
+        return builtin_extraction(world)
     return backend, {}  # that backend with its own defaults
 
 
-def builtin_store_path(split: str, cache_dir: str | os.PathLike[str], backend: str = "auto") -> Path:
-    """The folder of the built-in store of ``split`` for ``backend`` (named after the backend and its options)."""
-    name, options = _settings(backend)
+def builtin_store_path(split: str, cache_dir: str | os.PathLike[str], backend: str = "auto",
+                       images: Mapping[str, Any] = EASY_VQA_IMAGES) -> Path:
+    """The folder of the built-in store of ``split`` for ``backend`` (named after the images — for a generated world
+    its folder's name, with generator version, settings hash and seed — the backend and its options)."""
+    name, options = _settings(backend, images["world"])
     tag = "-".join([name] + [f"{k}{v}" for k, v in sorted(options.items()) if k != "weights"])
-    return Path(cache_dir) / "features" / f"easy-vqa-{split}-{tag}"
+    return Path(cache_dir) / "features" / f"{images['name']}-{split}-{tag}"
 
 
 def _complete(store: Path) -> bool:
@@ -63,8 +70,10 @@ def _complete(store: Path) -> bool:
 
 
 def builtin_store(split: str, cache_dir: str | os.PathLike[str] | None = None, backend: str = "auto", *,
-                  is_main: bool = True, barrier: Callable[[], None] = lambda: None, progress: bool = True) -> Path:
-    """The easy-VQA feature store of ``split``, extracted on first use (by one process) and reused afterwards.
+                  is_main: bool = True, barrier: Callable[[], None] = lambda: None, progress: bool = True,
+                  images: Mapping[str, Any] = EASY_VQA_IMAGES) -> Path:
+    """The built-in feature store of ``split`` of a world's images, extracted on first use (by one process) and reused
+    afterwards.
 
     Extraction runs under a forked torch RNG, so whether the cache existed never changes the caller's random draws
     (a run's model initialisation does not depend on it).
@@ -81,20 +90,23 @@ def builtin_store(split: str, cache_dir: str | os.PathLike[str] | None = None, b
             a cache every node shares, local rank 0 for a cache per node); the others wait at ``barrier``.
         barrier: a collective every process calls (``torch.distributed`` barrier; a no-op in a single process).
         progress: draw the extraction's progress bar.
+        images: the world's images (``vlm.data.builtin.builtin_images``): ``world``, ``name`` (of its stores),
+            ``sources`` (split → source), ``dataset`` (recorded in the manifest; None for easy-VQA).
 
     Raises:
         FeaturesError: after the barrier, the store is still missing for a process that did not extract (its cache is
             not the folder the extracting process wrote: a per-node cache declared shared).
     """
-    out = builtin_store_path(split, cache_dir if cache_dir else default_cache_dir(), backend)
+    out = builtin_store_path(split, cache_dir if cache_dir else default_cache_dir(), backend, images)
     if is_main and not _complete(out):
         from features.extract import extract
 
-        name, options = _settings(backend)
-        logger.warning("extracting built-in features: easy-vqa:%s with %s %s into %s (first use only)",
-                       split, name, options, out)
+        name, options = _settings(backend, images["world"])
+        logger.warning("extracting built-in features: %s %s with %s %s into %s (first use only)",
+                       images["world"], split, name, options, out)
         with torch.random.fork_rng(devices=[]):
-            extract(f"easy-vqa:{split}", out, name, options, part=(0, 1), device="cpu", progress=progress)
+            extract(images["sources"][split], out, name, options, part=(0, 1), device="cpu", progress=progress,
+                    dataset=images.get("dataset"))
     barrier()
     if not _complete(out):
         raise FeaturesError(f"built-in features {out} are missing after the extracting process finished: this "
@@ -106,8 +118,8 @@ def builtin_store(split: str, cache_dir: str | os.PathLike[str] | None = None, b
 def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "", eval_features: str = "",
                    cache_dir: str | os.PathLike[str] | None = None, backend: str = "auto", train_split: str = "train",
                    eval_split: str = "test", need_train: bool = True, need_eval: bool = True, what: str = "the data",
-                   is_main: bool = True, barrier: Callable[[], None] = lambda: None, progress: bool = True
-                   ) -> tuple[Path | str | None, Path | str | None]:
+                   is_main: bool = True, barrier: Callable[[], None] = lambda: None, progress: bool = True,
+                   images: Mapping[str, Any] | None = None) -> tuple[Path | str | None, Path | str | None]:
     """The feature stores of a run: ``(train store, held-out store)``; the one rule of every command.
 
     A store given by ``http(s)://`` URL (read over HTTP) or ``pipe:`` command (streamed) is returned as that string;
@@ -120,7 +132,8 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
 
     Args:
         train_builtin, eval_builtin: whether the training / held-out data are built-in data (the caller decides, with
-            ``vlm.data.easy_vqa.is_builtin``).
+            ``vlm.data.builtin.is_builtin``).
+        images: the built-in world's images (``vlm.data.builtin.builtin_images``; None: easy-VQA's).
         need_train, need_eval: whether the run has training / held-out data at all (a store is None when not needed).
         what: the data spec, named in the error.
         progress: draw the progress bar of a first-use extraction.
@@ -134,7 +147,7 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
             train = features if is_url(features) or is_pipe(features) else Path(features)
         elif train_builtin:
             train = builtin_store(train_split, cache_dir, backend, is_main=is_main, barrier=barrier,
-                                      progress=progress)
+                                  progress=progress, images=images or EASY_VQA_IMAGES)
         else:
             raise FeaturesError(f"a feature store folder is needed for {what} (--features, data.features; "
                                 "vlm extract makes one)")
@@ -143,7 +156,7 @@ def resolve_stores(*, train_builtin: bool, eval_builtin: bool, features: str = "
             eval_ = eval_features if is_url(eval_features) or is_pipe(eval_features) else Path(eval_features)
         elif eval_builtin and not features:
             eval_ = builtin_store(eval_split, cache_dir, backend, is_main=is_main, barrier=barrier,
-                                   progress=progress)
+                                  progress=progress, images=images or EASY_VQA_IMAGES)
         else:
             eval_ = train
     return (train if need_train else None), eval_

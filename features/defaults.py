@@ -39,8 +39,22 @@ EASY_VQA_GRID: dict[str, Any] = {"backbone": "efficientnet_lite0", "layer": -1, 
 DEFAULT_BACKEND = "grid"
 
 
-def builtin_extraction() -> tuple[str, dict[str, Any]]:
-    """``(backend, options)`` of the built-in easy-VQA pipeline (a fresh dict, safe to modify)."""
+#: Extraction of the generated worlds' images (``sort-of-clevr`` 75 px, ``scenes`` 128 px): chosen by the
+#: region-source comparison (docs/results.md).
+WORLD_EXTRACTION: dict[str, tuple[str, dict[str, Any]]] = {
+    "sort-of-clevr": ("grid", {"backbone": "efficientnet_lite0", "layer": -1, "image_size": 128, "grid": 4,
+                               "pool_size": 1, "colour_stats": True, "colour_scale": 20.0}),
+    "scenes": ("grid", {"backbone": "efficientnet_lite0", "layer": -1, "image_size": 128, "grid": 4,
+                        "pool_size": 1, "colour_stats": True, "colour_scale": 20.0}),
+}
+
+
+def builtin_extraction(world: str = "easy-vqa") -> tuple[str, dict[str, Any]]:
+    """``(backend, options)`` of a built-in world's pipeline (a fresh dict, safe to modify): easy-VQA's measured
+    default, or :data:`WORLD_EXTRACTION` of a generated world."""
+    if world in WORLD_EXTRACTION:
+        backend, options = WORLD_EXTRACTION[world]
+        return backend, dict(options)
     return DEFAULT_BUILTIN_BACKEND, dict(EASY_VQA_GRID)
 
 

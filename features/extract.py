@@ -26,7 +26,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,8 @@ def extract(source: str | Sequence[ImageRecord], out_dir: str | os.PathLike[str]
             backend_options: dict[str, Any] | None = None, *, batch_size: int = 64, shard_size: int = 1000,
             num_workers: int | None = None, part: tuple[int, int] | None = None, on_error: str = "skip",
             overwrite: bool = False, progress: bool = True, limit: int | None = None,
-            device: str | None = None, rank: int | None = None, world_size: int | None = None) -> dict[str, Any]:
+            device: str | None = None, rank: int | None = None, world_size: int | None = None,
+            dataset: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Extract region features of a source into a feature store (resuming a previous run of the same command).
 
     Args:
@@ -238,6 +239,8 @@ def extract(source: str | Sequence[ImageRecord], out_dir: str | os.PathLike[str]
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: the current GPU when there is one, else the CPU.
         rank: This process's part: it does only the shards ``j`` with ``j % world_size == rank`` (default 0).
         world_size: Number of parts the shards are split into (default 1: all of them).
+        dataset: What data set the images are (a generated world: name, generator version, settings hash, seed):
+            kept in the manifest's ``source`` and in the features record of every model trained on the store.
 
     Returns:
         The manifest after this process's part (``complete`` is true once all parts are done).
@@ -264,6 +267,8 @@ def extract(source: str | Sequence[ImageRecord], out_dir: str | os.PathLike[str]
     source_info = describe_source(source) if isinstance(source, str) else {"kind": "records"}
     if skipped:
         source_info["skipped"] = skipped
+    if dataset:
+        source_info["dataset"] = dict(dataset)
     if limit is not None:
         records = records[:limit]
     if not records:

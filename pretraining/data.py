@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from pretraining.masking import IGNORE, MaskingConfig, mask_regions, mask_tokens
-from pretraining.negatives import MatchingConfig, swap_variants
+from pretraining.negatives import MatchingConfig
 from vlm.batch import Batch
 from vlm.data.collate import TokenTable, join_to_store, pad_regions, read_samples, regions_of
 from vlm.data.texts import TextExample
@@ -117,7 +117,7 @@ class PretrainData:
         """Tokenise once every one-word-swapped variant of every assertion, for the groups with a share > 0:
         ``var_start[i, g]`` / ``var_count[i, g]`` index ``var_tokens`` (a :class:`TokenTable`); ``var_code`` gives
         each variant's text code, so a variant that is one of the image's own texts is never a negative."""
-        groups = list(self.matching.word_groups)
+        groups = self.matching.groups()
         shares = self.matching.shares()
         self.kind_p = np.asarray(shares)
         self.only_random = shares[0] == 1.0
@@ -127,12 +127,12 @@ class PretrainData:
         self.var_code = np.zeros(0, dtype=np.int64)
         if self.only_random:
             return
-        active = {g: self.matching.word_groups[g] for g, p in zip(groups, shares[1:]) if p > 0}
+        active = [g for g, p in zip(groups, shares[1:]) if p > 0]
         texts: list[str] = []
         for i, e in enumerate(kept):
             if self.is_question[i]:
                 continue  # a question with a word swapped is still a question: no hard negatives
-            variants = swap_variants(e.text, active)
+            variants = self.matching.variants(e.text, active)
             for g, name in enumerate(groups):
                 v = variants.get(name, [])
                 self.var_start[i, g], self.var_count[i, g] = len(texts), len(v)

@@ -26,6 +26,10 @@ EASY_VQA_WORD_GROUPS: dict[str, tuple[str, ...]] = {"colour": EASY_VQA_COLOURS, 
 MATCHING_TEXTS = ("all", "assertions")
 
 _WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
+_PHRASE = re.compile(r"[a-z]+( [a-z]+)*")
+
+#: The negative kind that swaps a relation's arguments.
+ARGUMENTS = "arguments"
 
 
 @dataclass
@@ -42,6 +46,9 @@ class MatchingConfig:
     negatives: dict[str, float] = field(default_factory=lambda: {"random": 1.0})
     # groups of interchangeable words (lower case) for hard negatives
     word_groups: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(EASY_VQA_WORD_GROUPS))
+    # relation phrases ("left of", "above") whose arguments a hard negative swaps: "A is left of B" -> "B is left of
+    # A" (the negative kind "arguments"; only for relations that never hold both ways, as the scenes' do)
+    relations: tuple[str, ...] = ()
 
     def check(self) -> None:
         """Negative kinds name ``random`` or a group, shares are non-negative and not all zero, a word is in at most
@@ -50,7 +57,7 @@ class MatchingConfig:
         Raises:
             ConfigError: naming the key.
         """
-        kinds = {"random", *self.word_groups}
+        kinds = {"random", *self.groups()}
         for kind, share in self.negatives.items():
             if kind not in kinds:
                 raise ConfigError(f"matching.negatives: {kind!r} is neither 'random' nor a word group "
@@ -59,6 +66,11 @@ class MatchingConfig:
                 raise ConfigError(f"matching.negatives.{kind}: expected a share >= 0, got {share!r}")
         if not sum(self.negatives.values()) > 0:
             raise ConfigError("matching.negatives: the shares add up to 0")
+        if ARGUMENTS in self.word_groups:
+            raise ConfigError(f"matching.word_groups: {ARGUMENTS!r} is the name of the argument-swap negatives")
+        for rel in self.relations:
+            if not isinstance(rel, str) or not _PHRASE.fullmatch(rel):
+                raise ConfigError(f"matching.relations: {rel!r} is not a lower-case phrase of words")
         seen: dict[str, str] = {}
         for name, words in self.word_groups.items():
             if len(set(words)) < 2:
@@ -70,15 +82,28 @@ class MatchingConfig:
                     raise ConfigError(f"matching.word_groups: {w!r} is in both {seen[w]!r} and {name!r}")
                 seen[w] = name
 
+    def groups(self) -> list[str]:
+        """The hard-negative kinds: the word groups, then ``arguments`` when relations are given."""
+        return [*self.word_groups, *([ARGUMENTS] if self.relations else [])]
+
     def kinds(self) -> list[str]:
         """Names of the pair kinds, indexed by ``Batch.match_kind``: ``positive``, ``random``, then the groups."""
-        return ["positive", "random", *self.word_groups]
+        return ["positive", "random", *self.groups()]
 
     def shares(self) -> list[float]:
         """The probability of each negative kind (``random``, then the groups), normalised."""
-        raw = [self.negatives.get("random", 0.0)] + [self.negatives.get(g, 0.0) for g in self.word_groups]
+        raw = [self.negatives.get("random", 0.0)] + [self.negatives.get(g, 0.0) for g in self.groups()]
         total = sum(raw)
         return [x / total for x in raw]
+
+    def variants(self, text: str, kinds: Sequence[str]) -> dict[str, list[str]]:
+        """The hard negatives of ``text`` of each of ``kinds`` (word groups and ``arguments``)."""
+        out = swap_variants(text, {g: self.word_groups[g] for g in kinds if g != ARGUMENTS})
+        if ARGUMENTS in kinds:
+            swapped = argument_swaps(text, self.relations)
+            if swapped:
+                out[ARGUMENTS] = swapped
+        return out
 
 
 def swap_variants(text: str, groups: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
@@ -103,3 +128,24 @@ def swap_variants(text: str, groups: Mapping[str, Sequence[str]]) -> dict[str, l
             new = other.capitalize() if word[0].isupper() else other
             out[g].append(text[:m.start()] + new + text[m.end():])
     return {g: v for g, v in out.items() if v}
+
+
+def argument_swaps(text: str, relations: Sequence[str]) -> list[str]:
+    """``text`` with the two arguments of a relation swapped, for each relation phrase it contains once:
+    ``"the red circle is left of the blue square"`` → ``"the blue square is left of the red circle"`` (a verb
+    ``is``/``are`` before the phrase stays in place).
+
+    >>> argument_swaps("the red circle is left of the blue square", ["left of"])
+    ['the blue square is left of the red circle']
+    """
+    out = []
+    for rel in relations:
+        marker = f" {rel} "
+        if text.count(marker) != 1:
+            continue
+        head, tail = text.split(marker)
+        verb = next((v for v in (" is", " are") if head.endswith(v)), "")
+        subject = head[:len(head) - len(verb)]
+        if subject and tail:
+            out.append(f"{tail}{verb} {rel} {subject}")
+    return out

@@ -33,8 +33,9 @@ from vlm.config import (
     model_config,
     ranged,
     run_config_yaml,
+    world_preset,
 )
-from vlm.data.easy_vqa import is_builtin
+from vlm.data.builtin import builtin_images, is_builtin
 from vlm.data.readers import read_texts
 from vlm.data.split import split_holdout
 from vlm.data.streamed import streamed_source
@@ -98,9 +99,11 @@ class PretrainConfig:
 
 
 def load_pretrain_config(config: str | None = None, arch: str | None = None,
-                         overrides: list[str] | None = None) -> PretrainConfig:
-    """Preset (``configs/pretrain/<name>.yaml``, a YAML file, or ``<arch>`` by default) + dotted overrides."""
-    cfg = load_run_config(PretrainConfig, "pretrain", config or (arch or "lxmert"), overrides or [])
+                         overrides: list[str] | None = None, data: str | None = None) -> PretrainConfig:
+    """Preset (``configs/pretrain/<name>.yaml``, a YAML file, or by default ``<arch>`` — ``<arch>-<world>`` when
+    ``data`` is a generated world's built-in data and that preset exists) + dotted overrides."""
+    cfg = load_run_config(PretrainConfig, "pretrain", config or world_preset("pretrain", arch or "lxmert", data),
+                          overrides or [])
     mc = cfg.model_config()
     if arch and mc.arch != arch:
         raise ConfigError(f"--arch {arch}: the config {config or arch} builds a {mc.arch!r} model "
@@ -149,13 +152,13 @@ class PretrainTexts:
     @classmethod
     def read(cls, d: PretrainDataConfig) -> PretrainTexts:
         """``data.texts`` (split by ``data.holdout_images`` when set) and the held-out texts, then the limits."""
-        train = read_texts(d.texts, "train")
+        train = read_texts(d.texts, "train", d.cache_dir)
         if d.holdout_images:  # validation: images held out of the training texts replace the held-out data
             train, held = split_holdout(train, d.holdout_images, d.texts)
             eval_spec = ""
         else:
             eval_spec = d.eval_texts or (d.texts if is_builtin(d.texts) else "")
-            held = read_texts(eval_spec, "test") if eval_spec else []
+            held = read_texts(eval_spec, "test", d.cache_dir) if eval_spec else []
         return cls(train=train[:d.train_limit or None], eval=held[:d.eval_limit or None], eval_spec=eval_spec)
 
     def stores(self, d: PretrainDataConfig, dist: D.DistInfo, show_progress: bool = True
@@ -165,7 +168,8 @@ class PretrainTexts:
             train_builtin=is_builtin(d.texts), eval_builtin=is_builtin(self.eval_spec), features=d.features,
             eval_features=d.eval_features, cache_dir=d.cache_dir, backend=d.backend, need_eval=bool(self.eval),
             what=d.texts, is_main=dist.is_main if d.shared_cache else dist.is_local_main, barrier=D.barrier,
-            progress=show_progress and (dist.is_main if d.shared_cache else dist.is_local_main))
+            progress=show_progress and (dist.is_main if d.shared_cache else dist.is_local_main),
+            images=builtin_images(d.texts if is_builtin(d.texts) else self.eval_spec, d.cache_dir))
         train_store = open_store(train_dir, stream=d.stream)
         held = None
         if self.eval:  # read by random access (a streamed folder or URL is opened again; a pipe: store is refused)

@@ -85,7 +85,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         overrides.append(f"data.features={args.features}")
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
-    cfg = load_pretrain_config(args.config, args.arch, overrides)
+    cfg = load_pretrain_config(args.config, args.arch, overrides, data=args.data)
     cfg.data.cache_dir = cfg.data.cache_dir or cache_dir()
     dist = DistInfo.from_env(os.environ)
     summary = pretrain(cfg, out_dir=args.out, resume=args.resume, overwrite=args.overwrite, dist=dist,
@@ -110,7 +110,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={flag}")
     if args.allow_feature_mismatch:
         overrides.append("data.allow_feature_mismatch=true")
-    cfg = load_finetune_config(args.config, args.task, args.arch, overrides)
+    cfg = load_finetune_config(args.config, args.task, args.arch, overrides, data=args.data)
     cfg.data.cache_dir = cfg.data.cache_dir or cache_dir()
     dist = DistInfo.from_env(os.environ)
     summary = finetune(cfg, out_dir=args.out, resume=args.resume, overwrite=args.overwrite, dist=dist,

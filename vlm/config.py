@@ -192,6 +192,21 @@ def list_presets(kind: str = "model") -> list[str]:
     return sorted(p.stem for p in (presets_dir() / kind).glob("*.yaml"))
 
 
+def world_preset(kind: str, name: str, data: str | None) -> str:
+    """``<name>-<world>`` when ``data`` is a generated world's built-in data (``vlm.data.builtin``) and the presets of
+    ``kind`` have one by that name (``lxmert-vqa-scenes``), else ``name``."""
+    from vlm.data.builtin import GENERATED_WORLDS, builtin_world
+    from vlm.errors import DataError
+
+    try:
+        world = builtin_world(data or "")
+    except DataError:
+        return name  # mixed worlds: refused when the data is read
+    if world not in GENERATED_WORLDS:
+        return name
+    return f"{name}-{world}" if f"{name}-{world}" in list_presets(kind) else name
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:

@@ -203,6 +203,9 @@ def extraction_record(manifest: Mapping[str, Any]) -> dict[str, Any]:
     sums = {name: w.get("sha256") for name, w in weights.items() if isinstance(w, dict) and w.get("sha256")}
     if sums:
         record["weights_sha256"] = sums
+    dataset = (manifest.get("source") or {}).get("dataset")
+    if dataset:
+        record["dataset"] = dataset
     return record
 
 
@@ -224,6 +227,8 @@ def record_differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -
     s1, s2 = expected.get("settings") or {}, actual.get("settings") or {}
     for key in sorted(set(s1) | set(s2)):
         differ(f"settings.{key}", s1.get(key), s2.get(key))
+    if expected.get("dataset") and actual.get("dataset"):  # a generated world: same generator, settings and seed
+        differ("dataset", expected["dataset"], actual["dataset"])
     w1, w2 = expected.get("weights_sha256") or {}, actual.get("weights_sha256") or {}
     for key in sorted(set(w1) & set(w2)):
         differ(f"weights.{key}.sha256", w1[key][:12], w2[key][:12])

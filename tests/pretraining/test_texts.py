@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vlm.data.easy_vqa import CAPTION_TEMPLATES, EASY_VQA_COLOURS, EASY_VQA_SHAPES, is_builtin, read_easy_vqa
+from vlm.data.builtin import is_builtin
+from vlm.data.easy_vqa import CAPTION_TEMPLATES, EASY_VQA_COLOURS, EASY_VQA_SHAPES, read_easy_vqa
 from vlm.data.readers import json_layout, read_texts, read_vqa
 from vlm.data.texts import TextExample, read_coco_captions
 from vlm.data.vqa_formats import read_lxmert_json, read_vqa_v2

@@ -10,7 +10,6 @@ the other built-in texts from it:
   stand-in for the COCO/Visual Genome captions LXMERT pretrains on);
 * :func:`build_statements`: ``easy-vqa-statements``, true and false statements about each image, balanced so that
   neither modality decides them alone (a classification task);
-* :func:`is_builtin`: whether a data spec names only built-in data (so its features are the built-in extraction).
 
 Reading the attributes: an answer that is a colour or shape word names it; the colour in ``"what is the red shape?"``
 and the shape in ``"what color is the circle?"`` are presupposed; and a yes/no question about one colour or shape names
@@ -54,17 +53,8 @@ from vlm.io import read_json
 
 logger = logging.getLogger(__name__)
 
-#: Names of the built-in data: easy-VQA's questions, its captions and its statements.
-BUILTIN_DATA = ("easy-vqa", "easy-vqa-captions", "easy-vqa-statements")
-
 #: Caption templates of ``easy-vqa-captions``: every image gets one of each.
 CAPTION_TEMPLATES = ("a {colour} {shape}", "the {shape} is {colour}", "this image shows a {colour} {shape}")
-
-
-def is_builtin(spec: str) -> bool:
-    """Whether every part of a data spec (parts joined by ``+``) is built-in data, whose features are the built-in
-    easy-VQA extraction; the one test of it."""
-    return bool(spec) and all(part in BUILTIN_DATA for part in spec.split("+"))
 
 
 #: The splits of the easy-vqa package.

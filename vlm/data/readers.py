@@ -1,7 +1,8 @@
 """Data specs to examples: the one place a ``--data`` string is read, for every command.
 
-A spec is a built-in name (``easy-vqa``, ``easy-vqa-captions``, ``easy-vqa-statements``;
-:func:`vlm.data.easy_vqa.is_builtin`) or files in a published layout. :func:`read_vqa` gives
+A spec is a built-in name (:mod:`vlm.data.builtin`: ``easy-vqa``, ``sort-of-clevr``, ``scenes`` and their
+``-captions`` / ``-statements``), a folder in the CLEVR v1.0 layout (:mod:`vlm.data.scenes.clevr`) or files in a
+published layout. :func:`read_vqa` gives
 :class:`~vlm.data.vqa.VQAExample` lists, :func:`read_classification`
 :class:`~vlm.data.classification.ClassificationExample` lists with their :class:`~vlm.data.classification.ClassList`,
 :func:`read_texts` (pretraining) :class:`~vlm.data.texts.TextExample` lists. A ``.json`` file's layout is told by its
@@ -14,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from vlm.data import scenes as _scenes
+from vlm.data.builtin import BUILTIN_DATA, GENERATED_WORLDS
 from vlm.data.classification import (
     HATEFUL_MEMES_CLASSES,
     ClassificationExample,
@@ -23,6 +26,7 @@ from vlm.data.classification import (
     read_jsonl,
 )
 from vlm.data.easy_vqa import STATEMENT_CLASSES, build_statements, captions, read_easy_vqa
+from vlm.data.scenes import clevr
 from vlm.data.texts import TextExample, from_vqa, read_coco_captions, read_text_jsonl
 from vlm.data.vqa import PathLike, VQAExample
 from vlm.data.vqa_formats import read_lxmert_json, read_vqa_v2
@@ -31,8 +35,20 @@ from vlm.io import jsonl_rows, read_json
 
 logger = logging.getLogger(__name__)
 
-#: The built-in data of each fine-tuning task.
+#: The built-in data of each fine-tuning task (easy-VQA's; ``vlm.data.builtin.task_data`` names the others).
 BUILTIN_TASK_DATA = {"vqa": "easy-vqa", "classify": "easy-vqa-statements"}
+
+
+def _generated(spec: str, cache_dir: PathLike | None) -> tuple[Path, str] | None:
+    """``(folder, kind)`` of a generated world's built-in name (generated on first use), else None."""
+    world, kind = BUILTIN_DATA.get(spec, (None, None))
+    if world not in GENERATED_WORLDS:
+        return None
+    return _scenes.dataset_root(world, cache_dir), kind  # type: ignore[arg-type]
+
+
+def _wrong_kind(spec: str, kind: str, wanted: str) -> DataError:
+    return DataError(f"{spec}: these are {kind}, not {wanted}")
 
 
 def nonempty(examples: list, spec: str) -> list:
@@ -46,7 +62,8 @@ def nonempty(examples: list, spec: str) -> list:
 #: What :func:`json_layout` tells apart.
 JSON_LAYOUTS = ("vqa-v2", "lxmert", "coco-captions")
 
-_VQA_SPECS = "easy-vqa, QUESTIONS.json,ANNOTATIONS.json (VQA v2) or an LXMERT .json list"
+_VQA_SPECS = ("easy-vqa, sort-of-clevr, scenes, a CLEVR-layout folder, QUESTIONS.json,ANNOTATIONS.json (VQA v2) or "
+              "an LXMERT .json list")
 
 
 def _describe(data: Any) -> str:
@@ -83,7 +100,7 @@ def json_layout(path: PathLike) -> str:
                     "question, question_id}]}) or an LXMERT json list ([{question_id, img_id, sent}])")
 
 
-def read_vqa(spec: str, split: str) -> list[VQAExample]:
+def read_vqa(spec: str, split: str, cache_dir: PathLike | None = None) -> list[VQAExample]:
     """``easy-vqa`` (built in), ``QUESTIONS.json,ANNOTATIONS.json`` (official VQA v2), ``QUESTIONS.json`` (VQA v2
     without answers) or an LXMERT-preprocessed ``.json`` list. ``split`` picks the split of built-in data.
 
@@ -91,12 +108,19 @@ def read_vqa(spec: str, split: str) -> list[VQAExample]:
         DataError: an unknown layout (a COCO captions file has no questions), a malformed row (named), or no
             examples at all.
     """
-    return nonempty(_read_vqa(spec, split), spec)
+    return nonempty(_read_vqa(spec, split, cache_dir), spec)
 
 
-def _read_vqa(spec: str, split: str) -> list[VQAExample]:
+def _read_vqa(spec: str, split: str, cache_dir: PathLike | None = None) -> list[VQAExample]:
     if spec == "easy-vqa":
         return read_easy_vqa(split)
+    generated = _generated(spec, cache_dir)
+    if generated is not None:
+        if generated[1] != "questions":
+            raise _wrong_kind(spec, generated[1], f"questions (VQA data must be {_VQA_SPECS})")
+        return clevr.read_questions(generated[0], split)
+    if clevr.is_clevr_layout(spec):
+        return clevr.read_questions(spec, split)
     if "," in spec:
         q, a = spec.split(",", 1)
         return read_vqa_v2(q, a)
@@ -114,7 +138,7 @@ def _read_vqa_json(path: Path, layout: str) -> list[VQAExample]:
     raise DataError(f"{path}: a COCO captions file has no questions; VQA data must be {_VQA_SPECS}")
 
 
-def read_texts(spec: str, split: str = "train") -> list[TextExample]:
+def read_texts(spec: str, split: str = "train", cache_dir: PathLike | None = None) -> list[TextExample]:
     """Pretraining texts from ``spec``: ``easy-vqa``; ``easy-vqa-captions``; a ``.jsonl`` file of
     ``{image_id, text, answers?}``; a ``.json`` file in any layout :func:`json_layout` knows (COCO captions, VQA v2
     questions without answers, an LXMERT list); or ``QUESTIONS.json,ANNOTATIONS.json`` (VQA v2). Questions keep their
@@ -124,16 +148,26 @@ def read_texts(spec: str, split: str = "train") -> list[TextExample]:
         DataError: an unknown format or layout, a malformed row (named), or a source without texts (named).
     """
     if "+" in spec:
-        return [e for part in spec.split("+") for e in read_texts(part, split)]
-    texts = _read_texts(spec, split)
+        return [e for part in spec.split("+") for e in read_texts(part, split, cache_dir)]
+    texts = _read_texts(spec, split, cache_dir)
     if not texts:
         raise DataError(f"{spec}: no texts in the data (an empty file or list)")
     return texts
 
 
-def _read_texts(spec: str, split: str) -> list[TextExample]:
+def _read_texts(spec: str, split: str, cache_dir: PathLike | None = None) -> list[TextExample]:
     if spec == "easy-vqa-captions":
         return [TextExample(image_id, text) for image_id, text in captions(split)]
+    generated = _generated(spec, cache_dir)
+    if generated is not None:
+        root, kind = generated
+        if kind == "captions":
+            return clevr.read_captions(root, split)
+        if kind == "questions":
+            return from_vqa(clevr.read_questions(root, split))
+        raise _wrong_kind(spec, kind, "pretraining texts (questions or captions)")
+    if clevr.is_clevr_layout(spec):
+        return from_vqa(clevr.read_questions(spec, split))
     if spec == "easy-vqa" or "," in spec:
         return from_vqa(_read_vqa(spec, split))
     path = Path(spec)
@@ -142,8 +176,9 @@ def _read_texts(spec: str, split: str) -> list[TextExample]:
     if path.suffix == ".json":
         layout = json_layout(path)
         return read_coco_captions(path) if layout == "coco-captions" else from_vqa(_read_vqa_json(path, layout))
-    raise DataError(f"{spec}: unknown text format; expected easy-vqa, easy-vqa-captions, a .jsonl file, a COCO "
-                    "captions .json, QUESTIONS.json,ANNOTATIONS.json (VQA v2) or an LXMERT .json list")
+    raise DataError(f"{spec}: unknown text format; expected a built-in name (easy-vqa, sort-of-clevr, scenes, with "
+                    "-captions), a CLEVR-layout folder, a .jsonl file, a COCO captions .json, "
+                    "QUESTIONS.json,ANNOTATIONS.json (VQA v2) or an LXMERT .json list")
 
 
 def _is_hateful_memes(path: Path) -> bool:
@@ -151,8 +186,8 @@ def _is_hateful_memes(path: Path) -> bool:
     return first is not None and "img" in first[1]
 
 
-def read_classification(spec: str, split: str, classes: ClassList | None = None
-                        ) -> tuple[list[ClassificationExample], ClassList]:
+def read_classification(spec: str, split: str, classes: ClassList | None = None,
+                        cache_dir: PathLike | None = None) -> tuple[list[ClassificationExample], ClassList]:
     """``easy-vqa-statements`` (built in), a JSONL of ``{image_id, text, label}`` or the Hateful Memes layout
     (``{id, img, label, text}``, recognised by its ``img`` field), with the class list the labels were encoded with.
 
@@ -164,6 +199,13 @@ def read_classification(spec: str, split: str, classes: ClassList | None = None
         examples, report = build_statements(split)
         logger.info("easy-vqa-statements %s: %s", split, report.as_dict())
         return examples, STATEMENT_CLASSES
+    generated = _generated(spec, cache_dir)
+    if generated is not None:
+        if generated[1] != "statements":
+            raise _wrong_kind(spec, generated[1], "statements to classify (the -statements data)")
+        return nonempty(clevr.read_statements(generated[0], split), spec), clevr.STATEMENT_CLASSES
+    if clevr.is_clevr_layout(spec):
+        return nonempty(clevr.read_statements(spec, split), spec), clevr.STATEMENT_CLASSES
     path = Path(spec)
     if _is_hateful_memes(path):
         classes = classes or HATEFUL_MEMES_CLASSES
