@@ -171,12 +171,13 @@ def ablation_configs(*, arch: str | None = None, task: str | None = None, config
     if checkpoint is not None or init is not None or no_pretrain or is_model_folder(cfg.init):
         return cfg, None
     if not is_builtin(cfg.train_spec()):
-        logger.warning("no pretraining: the default pipeline pretrains on the built-in easy-VQA texts only; "
+        logger.warning("no pretraining: the default pipeline pretrains on the built-in worlds' captions only; "
                        "fine-tuning %s from the preset %s (pretrain with `vlm pretrain` and pass --init to start "
                        "from it)", cfg.data.train, cfg.init)
         return cfg, None
     pre = [o for o in ft_overrides if o.startswith(("model.", "data.features=", "data.eval_features="))]
-    pcfg = load_pretrain_config(pretrain_config, arch_of(cfg.init), pre + pre_overrides)
+    # the built-in world's own pretraining preset (``<arch>-<world>``: its captions) when it has one
+    pcfg = load_pretrain_config(pretrain_config, arch_of(cfg.init), pre + pre_overrides, data=cfg.train_spec())
     pcfg.data.cache_dir = pcfg.data.cache_dir or cfg.data.cache_dir
     return cfg, pcfg
 

@@ -19,12 +19,14 @@ def test_notebook_is_stored_without_outputs():
 
 
 @pytest.mark.slow
-def test_modality_ablation_notebook_executes(tmp_path):
+@pytest.mark.parametrize("world", ["easy-vqa", "scenes"])
+def test_modality_ablation_notebook_executes(tmp_path, monkeypatch, world):
+    monkeypatch.setenv("VLM_CACHE", str(tmp_path / "cache"))  # a generated world is generated there on first use
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = nb.cells[1]
-    assert params.source.startswith('PROFILE = "full"')
+    assert params.source.startswith('PROFILE = "full"') and 'WORLD = "easy-vqa"' in params.source
     params.source = params.source.replace('PROFILE = "full"', 'PROFILE = "tiny"').replace(
-        "OUT = None", f"OUT = {str(tmp_path / 'ablation')!r}")
+        "OUT = None", f"OUT = {str(tmp_path / 'ablation')!r}").replace('WORLD = "easy-vqa"', f"WORLD = {world!r}")
     os.environ.setdefault("PYTHONPATH", os.pathsep.join(sys.path))
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", ""))
@@ -33,3 +35,4 @@ def test_modality_ablation_notebook_executes(tmp_path):
     assert "Leak check" in text
     assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert (tmp_path / "ablation" / "ablation.png").is_file()
+    assert f"data: {world}" in text
