@@ -12,14 +12,10 @@ import argparse
 import textwrap
 from pathlib import Path
 
-import matplotlib
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from vlm.data.scenes import dataset_root  # noqa: E402
-from vlm.data.scenes.clevr import images_dir, read_questions  # noqa: E402
+from vlm.data.scenes import dataset_root
+from vlm.data.scenes.clevr import images_dir, read_questions
 
 
 def main() -> None:
@@ -27,6 +23,11 @@ def main() -> None:
     parser.add_argument("--out", default="docs/img/scene-examples.png")
     parser.add_argument("--per-world", type=int, default=4)
     args = parser.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     worlds = ("sort-of-clevr", "scenes")
     fig, axes = plt.subplots(len(worlds), args.per_world, figsize=(3.2 * args.per_world, 4.6 * len(worlds)))
     for row, world in enumerate(worlds):
