@@ -9,11 +9,13 @@ Images and questions are the built-in worlds' own (test split, images 0-3), read
 from __future__ import annotations
 
 import argparse
+import os
 import textwrap
 from pathlib import Path
 
 from PIL import Image
 
+from features.builtin import default_cache_dir
 from vlm.data.scenes import dataset_root
 from vlm.data.scenes.clevr import images_dir, read_questions
 
@@ -31,7 +33,7 @@ def main() -> None:
     worlds = ("sort-of-clevr", "scenes")
     fig, axes = plt.subplots(len(worlds), args.per_world, figsize=(3.2 * args.per_world, 4.6 * len(worlds)))
     for row, world in enumerate(worlds):
-        root = dataset_root(world)
+        root = dataset_root(world, default_cache_dir(os.environ))
         questions = read_questions(root, "test")
         for col in range(args.per_world):
             stem = f"{world}_test_{col:06d}"

@@ -37,6 +37,7 @@ from downstream.evaluate import evaluate, vqa_metrics
 from downstream.evaluate_model import load_eval_data
 from downstream.finetune import FinetuneConfig, finetune, load_finetune_config
 from downstream.modality import image_only, text_only
+from features.builtin import default_cache_dir
 from pretraining.run import PretrainConfig, load_pretrain_config, pretrain
 from vlm.data.builtin import is_builtin
 from vlm.data.readers import read_classification, read_vqa
@@ -237,8 +238,9 @@ def ablate(cfg: FinetuneConfig, *, out_dir: str | Path, checkpoint: str | Path |
                                show_progress=show_progress)
             rows.append(_row(name, "trained", summary["metrics"]))
     train_spec = (run_cfg or cfg).train_spec()
-    train = (read_vqa(train_spec, "train", cache) if cfg.task == "vqa"
-             else read_classification(train_spec, "train", cache_dir=cache)[0])
+    cache_dir = cache or str(default_cache_dir())
+    train = (read_vqa(train_spec, "train", cache_dir) if cfg.task == "vqa"
+             else read_classification(train_spec, "train", cache_dir=cache_dir)[0])
     refs = reference_predictions(train, data.examples)
     for name, preds in refs.items():
         rows.append(_row(name, "reference" if name in REFERENCE_ROWS else "ceiling", score(preds, data)))

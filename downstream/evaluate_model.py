@@ -14,6 +14,7 @@ from downstream.evaluate import evaluate
 from downstream.finetune import FinetuneConfig, write_predictions
 from downstream.modality import transform_for
 from downstream.stores import check_features, eval_store
+from features.builtin import default_cache_dir
 from vlm.config import ConfigError, load_run_config
 from vlm.data.classification import ClassList
 from vlm.data.readers import BUILTIN_TASK_DATA, read_classification, read_vqa
@@ -64,11 +65,11 @@ def load_eval_data(checkpoint: str | Path, *, split: str = "test", data: str | N
         limit = run_cfg.data.eval_limit or None
     if task == "vqa":
         vocab = AnswerVocab(loaded.labels)
-        dataset: Any = VQAData(read_vqa(spec, split, cache_dir)[:limit], store, tok, vocab, loaded.max_text_len, name=str(spec),
+        dataset: Any = VQAData(read_vqa(spec, split, cache_dir or str(default_cache_dir()))[:limit], store, tok, vocab, loaded.max_text_len, name=str(spec),
                                with_targets=False)
     else:
         classes = ClassList(loaded.labels) if loaded.info.labels is not None else None
-        examples, _ = read_classification(spec, split, classes, cache_dir)
+        examples, _ = read_classification(spec, split, classes, cache_dir or str(default_cache_dir()))
         dataset = ClassifyData(examples[:limit], store, tok, loaded.model.config.num_labels, loaded.max_text_len,
                                name=str(spec))
     return loaded, dataset, spec, run_cfg

@@ -24,6 +24,7 @@ from downstream.evaluate import evaluate
 from downstream.modality import MODALITIES, TransformedSource, transform_for
 from downstream.stores import check_features, features_info, run_stores
 from downstream.vqa import write_results
+from features.builtin import default_cache_dir
 from features.store import FeatureStore, random_access
 from vlm.config import (
     COMMAND_TASKS,
@@ -141,6 +142,7 @@ class FinetuneRun:
         d = cfg.data
         spec = cfg.train_spec()
         test_spec = cfg.eval_spec()
+        cache = d.cache_dir or str(default_cache_dir())  # where a generated world lives
         tok = vlm.load_tokenizer()
         test_store = eval_store or train_store
         # validation images are training images, read by random access (a streamed folder or URL is opened again)
@@ -152,7 +154,7 @@ class FinetuneRun:
         self.eval_data: VQAData | ClassifyData | None = None  # what training evaluates (validation or test)
         self.test_data: VQAData | ClassifyData | None = None  # with validation: the test data, scored at the end
         if cfg.task == "vqa":
-            train_ex, val = self._split(read_vqa(spec, "train", d.cache_dir), spec)
+            train_ex, val = self._split(read_vqa(spec, "train", cache), spec)
             self.vocab = AnswerVocab.from_questions((example_answers(e) for e in train_ex), d.answer_min_count)
             self.train_data: VQAData | ClassifyData = VQAData(train_ex, train_store, tok, self.vocab,
                                                               d.max_text_len, d.soft_score_rule, name="train")
@@ -164,10 +166,10 @@ class FinetuneRun:
             if val:
                 self.eval_data = vqa_data(val, val_store, "validation")
             if test_spec:
-                self.test_data = vqa_data(read_vqa(test_spec, "test", d.cache_dir), test_store, "test")
+                self.test_data = vqa_data(read_vqa(test_spec, "test", cache), test_store, "test")
             labels = self.vocab.answers
         else:
-            all_train, self.classes = read_classification(spec, "train", cache_dir=d.cache_dir)
+            all_train, self.classes = read_classification(spec, "train", cache_dir=cache)
             train_ex, val = self._split(all_train, spec)
             check_training_labels(train_ex, self.classes, spec)
             num_labels = max(2, len(self.classes))
@@ -180,7 +182,7 @@ class FinetuneRun:
             if val:
                 self.eval_data = classify_data(val, val_store, "validation")
             if test_spec:  # the training file's class ids
-                self.test_data = classify_data(read_classification(test_spec, "test", self.classes, d.cache_dir)[0], test_store,
+                self.test_data = classify_data(read_classification(test_spec, "test", self.classes, cache)[0], test_store,
                                                "test")
             labels, overrides["num_labels"] = self.classes.names, num_labels
         if self.eval_data is None:  # no validation: training evaluates the test data itself

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from features.builtin import agree_on_stores, resolve_stores
+from features.builtin import agree_on_stores, default_cache_dir, resolve_stores
 from features.store import FeatureStore, extraction_record, open_store, random_access, record_differences
 from vlm.data.builtin import builtin_images, is_builtin
 from vlm.engine import distributed as D
@@ -76,7 +76,7 @@ def run_stores(train_spec: str, eval_spec: str, *, features: str, eval_features:
         eval_features=eval_features, cache_dir=cache_dir, backend=backend, need_eval=bool(eval_spec),
         what=train_spec, is_main=dist.is_main if shared_cache else dist.is_local_main, barrier=D.barrier,
         progress=show_progress and (dist.is_main if shared_cache else dist.is_local_main),
-        images=builtin_images(train_spec if is_builtin(train_spec) else eval_spec, cache_dir))
+        images=builtin_images(train_spec if is_builtin(train_spec) else eval_spec, cache_dir or default_cache_dir()))
     train, held = open_stores(train_dir, eval_dir, stream=stream)
     assert train is not None
     agree_on_stores(train, held, agree=D.agree)
@@ -88,5 +88,6 @@ def eval_store(spec: str, *, split: str, features: str, cache_dir: str, backend:
     """The store of the examples ``vlm evaluate`` scores: ``features`` when given, else the built-in one."""
     _, store_dir = resolve_stores(train_builtin=False, eval_builtin=is_builtin(spec), eval_features=features,
                                   cache_dir=cache_dir, backend=backend, eval_split=split, need_train=False,
-                                  what=spec, progress=show_progress, images=builtin_images(spec, cache_dir))
+                                  what=spec, progress=show_progress,
+                                  images=builtin_images(spec, cache_dir or default_cache_dir()))
     return random_access(store_dir, "the examples `vlm evaluate` scores")

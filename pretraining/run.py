@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import vlm
-from features.builtin import agree_on_stores, resolve_stores
+from features.builtin import agree_on_stores, default_cache_dir, resolve_stores
 from features.store import FeatureStore, extraction_record, open_store, random_access
 from pretraining.data import PretrainData, answer_vocab
 from pretraining.masking import MaskingConfig
@@ -152,13 +152,14 @@ class PretrainTexts:
     @classmethod
     def read(cls, d: PretrainDataConfig) -> PretrainTexts:
         """``data.texts`` (split by ``data.holdout_images`` when set) and the held-out texts, then the limits."""
-        train = read_texts(d.texts, "train", d.cache_dir)
+        cache = d.cache_dir or str(default_cache_dir())
+        train = read_texts(d.texts, "train", cache)
         if d.holdout_images:  # validation: images held out of the training texts replace the held-out data
             train, held = split_holdout(train, d.holdout_images, d.texts)
             eval_spec = ""
         else:
             eval_spec = d.eval_texts or (d.texts if is_builtin(d.texts) else "")
-            held = read_texts(eval_spec, "test", d.cache_dir) if eval_spec else []
+            held = read_texts(eval_spec, "test", cache) if eval_spec else []
         return cls(train=train[:d.train_limit or None], eval=held[:d.eval_limit or None], eval_spec=eval_spec)
 
     def stores(self, d: PretrainDataConfig, dist: D.DistInfo, show_progress: bool = True
@@ -169,7 +170,8 @@ class PretrainTexts:
             eval_features=d.eval_features, cache_dir=d.cache_dir, backend=d.backend, need_eval=bool(self.eval),
             what=d.texts, is_main=dist.is_main if d.shared_cache else dist.is_local_main, barrier=D.barrier,
             progress=show_progress and (dist.is_main if d.shared_cache else dist.is_local_main),
-            images=builtin_images(d.texts if is_builtin(d.texts) else self.eval_spec, d.cache_dir))
+            images=builtin_images(d.texts if is_builtin(d.texts) else self.eval_spec,
+                                  d.cache_dir or default_cache_dir()))
         train_store = open_store(train_dir, stream=d.stream)
         held = None
         if self.eval:  # read by random access (a streamed folder or URL is opened again; a pipe: store is refused)

@@ -47,8 +47,9 @@ RULES = (
     Rule("vlm.commands", may_import=("vlm",), may_import_lazily=("features", "pretraining", "downstream"),
          why="each subcommand imports the other packages inside its function"),
     Rule("vlm.data", may_import=("vlm.data", "vlm.batch", "vlm.errors", "vlm.io"),
-         third_party=("numpy", "torch", "easy_vqa"),
-         why="vlm.data imports the stdlib, numpy, torch, easy_vqa, vlm.batch, vlm.errors, vlm.io only: no models, no "
+         third_party=("numpy", "torch", "easy_vqa", "PIL"),
+         why="vlm.data imports the stdlib, numpy, torch, easy_vqa, pillow (the generated worlds' PNGs), vlm.batch, "
+             "vlm.errors, vlm.io only: no models, no "
              "engine, no vlm.config, no features, no task packages"),
     Rule("features", may_import=("features",),
          why="features imports nothing of vlm, pretraining or downstream"),

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from vlm.cli import main
+
 from vlm_testing import TINY_MODEL
 
 pytestmark = pytest.mark.slow
@@ -50,6 +51,10 @@ def test_scenes_by_name_in_every_command(small_scenes, capsys):
     features = json.loads((tmp / "ft" / "model" / "features.json").read_text())
     assert features["dataset"]["name"] == "scenes"
 
+    from downstream.serve.service import find_examples
+
+    examples = find_examples(tmp / "ft" / "model", "vqa")  # the served page's examples: the world's test images
+    assert examples and all(e.image.name.startswith("scenes_test_") and e.question.endswith("?") for e in examples)
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(tmp / "ft" / "model"), "--no-progress"]) == 0
     printed = capsys.readouterr().out

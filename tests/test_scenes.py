@@ -302,6 +302,8 @@ def test_readers_generate_a_world_on_first_use_and_refuse_the_wrong_kind(tmp_pat
     monkeypatch.setitem(scenes_pkg.WORLDS, "sort-of-clevr", small)
     qs = read_vqa("sort-of-clevr", "test", tmp_path)
     assert len(qs) == 80 and (world_folder("sort-of-clevr", tmp_path) / "generator.json").is_file()
+    with pytest.raises(DataError, match="cache folder"):
+        read_vqa("sort-of-clevr", "test")
     assert read_texts("sort-of-clevr+sort-of-clevr-captions", "train", tmp_path)
     examples, classes = read_classification("sort-of-clevr-statements", "train", cache_dir=tmp_path)
     assert classes.names == ["false", "true"] and examples

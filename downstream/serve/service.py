@@ -327,28 +327,44 @@ class Service:
 
 
 def find_examples(folder: Path, task: str, count: int = 6) -> list[Example]:
-    """Test images of the built-in easy-VQA data with a question (VQA) or statement (classification) about each,
-    when the model folder's run was trained on that data; else none (a user's model would not know them)."""
+    """Test images of the built-in world the model folder's run was trained on (easy-VQA, Sort-of-CLEVR, scenes) with
+    a question (VQA) or statement (classification) about each; else none (a user's model would not know them)."""
     from downstream.evaluate_model import read_run_config
-    from vlm.data.easy_vqa import build_statements, is_builtin, read_easy_vqa
+    from vlm.data.builtin import builtin_world
 
     cfg = read_run_config(folder)
-    if cfg is None or not is_builtin(cfg.train_spec()):
+    world = builtin_world(cfg.train_spec()) if cfg is not None else None
+    if world is None:
         return []
-    import easy_vqa
+    if world == "easy-vqa":
+        import easy_vqa
 
-    paths = easy_vqa.get_test_image_paths()
-    if task == "vqa":
-        rows = [(e.image_id, e.question, e.multiple_choice_answer or "") for e in read_easy_vqa("test")]
+        from vlm.data.easy_vqa import build_statements, read_easy_vqa
+
+        paths = easy_vqa.get_test_image_paths()
+        image = {str(i): Path(paths[i]) for i in range(len(paths))}
+        if task == "vqa":
+            rows = [(e.image_id, e.question, e.multiple_choice_answer or "") for e in read_easy_vqa("test")]
+        else:
+            examples, _ = build_statements("test")
+            rows = [(e.image_id, e.text, "true" if e.label == 1 else "false") for e in examples]
     else:
-        examples, _ = build_statements("test")
-        rows = [(e.image_id, e.text, "true" if e.label == 1 else "false") for e in examples]
+        from features.builtin import default_cache_dir
+        from vlm.data.scenes import dataset_root
+        from vlm.data.scenes.clevr import images_dir, read_questions, read_statements
+
+        root = dataset_root(world, cfg.data.cache_dir or default_cache_dir())
+        image = {p.stem: p for p in images_dir(root, "test").glob("*.png")}
+        if task == "vqa":
+            rows = [(e.image_id, e.question, e.answers[0] if e.answers else "") for e in read_questions(root, "test")]
+        else:
+            rows = [(e.image_id, e.text, "true" if e.label == 1 else "false") for e in read_statements(root, "test")]
     out: list[Example] = []
     seen: set[str] = set()
     for image_id, text, expected in rows:
-        if image_id not in seen and int(image_id) < len(paths):
+        if image_id not in seen and image_id in image:
             seen.add(image_id)
-            out.append(Example(image=Path(paths[int(image_id)]), question=text, expected=expected))
+            out.append(Example(image=image[image_id], question=text, expected=expected))
         if len(out) == count:
             break
     return out

@@ -17,29 +17,34 @@ from pathlib import Path
 
 from vlm.data.scenes.generate import generate, is_complete
 from vlm.data.scenes.worlds import WORLDS, WorldConfig, folder_name
+from vlm.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WORLDS", "WorldConfig", "dataset_root", "default_cache_dir", "world_folder"]
+__all__ = ["WORLDS", "WorldConfig", "dataset_root", "world_folder"]
 
 
-def default_cache_dir() -> Path:
-    """``$VLM_CACHE`` or ``~/.cache/vlm`` — the same rule as :func:`features.builtin.default_cache_dir` applies on the
-    command line (a test keeps the two in step)."""
-    return Path(os.environ["VLM_CACHE"]) if os.environ.get("VLM_CACHE") else Path.home() / ".cache" / "vlm"
+def _cache(cache_dir: str | os.PathLike[str] | None) -> Path:
+    if not cache_dir:
+        raise DataError("the generated worlds live in the cache folder: give its path (data.cache_dir; the command "
+                        "line passes features.builtin.default_cache_dir)")
+    return Path(cache_dir)
 
 
-def world_folder(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+def world_folder(name: str, cache_dir: str | os.PathLike[str] | None) -> Path:
     """Where the built-in world ``name`` lives: ``<cache>/data/<name>-g<version>-<hash>-s<seed>``."""
-    cfg = WORLDS[name]
-    return Path(cache_dir or default_cache_dir()) / "data" / folder_name(cfg)
+    return _cache(cache_dir) / "data" / folder_name(WORLDS[name])
 
 
-def dataset_root(name: str, cache_dir: str | os.PathLike[str] | None = None, cfg: WorldConfig | None = None) -> Path:
-    """The folder of the built-in world ``name``, generated on first use (every process may call it: generation is
-    deterministic and published by one rename, so concurrent first uses agree)."""
+def dataset_root(name: str, cache_dir: str | os.PathLike[str] | None, cfg: WorldConfig | None = None) -> Path:
+    """The folder of the built-in world ``name`` in the cache folder ``cache_dir``, generated on first use (every
+    process may call it: generation is deterministic and published by one rename, so concurrent first uses agree).
+
+    Raises:
+        DataError: no cache folder given.
+    """
     cfg = cfg or WORLDS[name]
-    root = Path(cache_dir or default_cache_dir()) / "data" / folder_name(cfg)
+    root = _cache(cache_dir) / "data" / folder_name(cfg)
     if not is_complete(root):
         logger.warning("generating the built-in data %s into %s (first use only)", name, root)
         generate(cfg, root)
