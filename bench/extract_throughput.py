@@ -13,12 +13,16 @@ Measures, in one run, on easy-VQA train images:
    headers) against the bottom-up-attention TSV encoding of the same arrays (base64 of float32; target <= 0.5);
 4. why the store keeps its own tar writer and shuffle buffer: time per sample of :class:`features.store.ShardWriter`
    against ``webdataset.TarWriter`` (same arrays, fixed mtime), and of the stream's shuffle buffer against
-   ``webdataset.detshuffle`` (same buffer size, small samples).
+   ``webdataset.detshuffle`` (same buffer size, small samples);
+5. ``proposals`` end-to-end images/s (segmentation proposals pooled from EfficientNet-Lite0, its defaults) beside
+   ``grid`` (:data:`features.GRID_DEFAULTS`) on the same two folders: synthetic scenes (128 px, 2-7 flat-colour
+   squares, discs and triangles on white, PNG) and a 640-pixel photo (matplotlib's grace_hopper.jpg resized to 640 on
+   its long side, JPEG, copies), plus the proposer alone (segmentation, grouping, scores, NMS) in ms per image.
 
 Usage::
 
     python bench/extract_throughput.py [--patch-images 4000] [--grid-images 512] [--backbone efficientnet_lite0]
-        [--random-weights] [--grid-image-size 224] [--grid 7] [--repeats 3]
+        [--random-weights] [--grid-image-size 224] [--grid 7] [--repeats 3] [--proposal-images 64]
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from features.backends import create_extractor
 from features.decode import decode_image
@@ -153,8 +158,65 @@ def _bench_shuffle(samples: int = 200_000, buffer_size: int = 1000) -> float:
     return timings["webdataset"] / timings["store"]
 
 
+def _scene_folder(folder: Path, count: int, size: int = 128, seed: int = 0) -> Path:
+    """``count`` PNG scenes: 2-7 flat-colour squares, discs and triangles (10-32 px) on white."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    folder.mkdir()
+    for i in range(count):
+        image = np.full((size, size, 3), 255, np.uint8)
+        for _ in range(int(rng.integers(2, 8))):
+            side, x, y = int(rng.integers(10, 33)), int(rng.integers(0, size - 32)), int(rng.integers(0, size - 32))
+            kind = int(rng.integers(0, 3))
+            if kind == 0:
+                mask = (xs >= x) & (xs < x + side) & (ys >= y) & (ys < y + side)
+            elif kind == 1:
+                mask = (xs - x - side / 2) ** 2 + (ys - y - side / 2) ** 2 <= (side / 2) ** 2
+            else:
+                mask = (ys >= y) & (ys < y + side) & (np.abs(xs - x - side / 2) <= (ys - y) / 2)
+            image[mask] = rng.integers(0, 230, 3)
+        Image.fromarray(image).save(folder / f"scene{i:04d}.png")
+    return folder
+
+
+def _photo_folder(folder: Path, count: int, side: int = 640) -> Path:
+    """``count`` JPEG copies of grace_hopper.jpg resized to ``side`` pixels on its long side."""
+    import matplotlib
+
+    with Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg") as photo:
+        scale = side / max(photo.size)
+        photo = photo.convert("RGB").resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)
+    folder.mkdir()
+    for i in range(count):
+        photo.save(folder / f"photo{i:04d}.jpg", quality=90)
+    return folder
+
+
+def _bench_proposals(count: int, batch_size: int, num_workers: int, work: Path) -> dict[str, float]:
+    """End-to-end images/s of ``proposals`` and ``grid`` on scenes and photos; the proposer alone in ms/image."""
+    folders = {"scenes": _scene_folder(work / "scenes", count), "photo": _photo_folder(work / "photos", count)}
+    extractors = {"proposals": create_extractor("proposals"), "grid": create_extractor("grid", **GRID_DEFAULTS)}
+    results = {}
+    for name, folder in folders.items():
+        for backend, extractor in extractors.items():
+            extract(str(folder), work / f"warm-{backend}-{name}", extractor, batch_size=batch_size,
+                    num_workers=num_workers, progress=False, limit=4)  # first-call paths warm
+            start = time.perf_counter()
+            manifest = extract(str(folder), work / f"{backend}-{name}", extractor, batch_size=batch_size,
+                               shard_size=count, num_workers=num_workers, progress=False)
+            results[f"{backend} {name}"] = count / (time.perf_counter() - start)
+            assert manifest["complete"] and manifest["num_samples"] == count
+        proposer = extractors["proposals"]
+        images = [decode_image(path, proposer.image_size)[0] for path in sorted(folder.iterdir())[:16]]
+        start = time.perf_counter()
+        for image in images:
+            proposer.proposer(image)
+        results[f"proposer {name}"] = 1000 * (time.perf_counter() - start) / len(images)
+    return results
+
+
 def main() -> None:
-    """Run the three measurements and print the table."""
+    """Run the measurements and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patch-images", type=int, default=4000)
     parser.add_argument("--grid-images", type=int, default=512)
@@ -169,6 +231,8 @@ def main() -> None:
     parser.add_argument("--patch-workers", type=int, default=2)
     parser.add_argument("--grid-workers", type=int, default=0,
                         help="decoding workers for grid (0 on 2 cores: a worker would steal a core from the forward)")
+    parser.add_argument("--proposal-images", type=int, default=64,
+                        help="images per folder for proposals vs grid (scenes, photo); 0 skips the measurement")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,6 +245,8 @@ def main() -> None:
         (work / "bytes").mkdir()
         store_bytes, tsv_bytes = _bench_bytes(work / "bytes")
         tar_ratio = _bench_tar_writers(work / "bytes")
+        proposals = _bench_proposals(args.proposal_images, args.batch_size, args.grid_workers, work) \
+            if args.proposal_images else {}
     shuffle_ratio = _bench_shuffle()
 
     ratio, size_ratio = grid_e2e / grid_bare, store_bytes / tsv_bytes
@@ -198,10 +264,20 @@ def main() -> None:
         ("webdataset.TarWriter / ShardWriter, time per 36x2048 sample", f"{tar_ratio:.2f}", "", None),
         ("webdataset.detshuffle / stream shuffle buffer, time per sample", f"{shuffle_ratio:.2f}", "", None),
     ]
+    for name in ("scenes", "photo"):
+        if f"proposals {name}" not in proposals:
+            continue
+        what = "128 px scenes, 2-7 shapes" if name == "scenes" else "640 px photo"
+        rows += [
+            (f"proposals end-to-end, images/s ({what})", f"{proposals[f'proposals {name}']:,.1f}", "", None),
+            (f"grid end-to-end, images/s ({what}, GRID_DEFAULTS)", f"{proposals[f'grid {name}']:,.1f}", "", None),
+            (f"proposals: the proposer alone, ms/image ({what})", f"{proposals[f'proposer {name}']:,.0f}", "", None),
+        ]
     print(f"# extract_throughput: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; patches: {args.patch_images} easy-VQA "
           f"images, {args.patch_workers} workers; grid: {args.grid_images} images, batch {args.batch_size}, "
-          f"{args.grid_workers} worker(s), {weights}")
+          f"{args.grid_workers} worker(s), {weights}; proposals vs grid: {args.proposal_images} images per folder; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     width = max(len(r[0]) for r in rows)
     print(f"| {'measurement':{width}} | {'value':>9} | {'target':8} | ok  |")
     print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 10}|-----|")

@@ -4,7 +4,7 @@ The package turns images into the image tokens of the encoders — ``(boxes [K, 
 image — and stores them as webdataset shards with a manifest (see ``docs/features.md``):
 
 * :func:`features.extract.extract` / ``vlm extract``: batched, resumable, splittable extraction with the ``patches``,
-  ``grid``, ``detector`` or ``detectron2`` backend (:mod:`features.backends`);
+  ``grid``, ``proposals`` (segmentation, no weights), ``detector`` or ``detectron2`` backend (:mod:`features.backends`);
 * :class:`features.store.FeatureStore` (random access by image id) and :func:`features.store.stream` (webdataset
   pipeline): the readers used by pretraining and fine-tuning;
 * :func:`features.tsv_import.import_tsv` / ``vlm features import-tsv``: bottom-up-attention TSV files to shards;

@@ -11,6 +11,9 @@ backend        regions and features                                             
                pooled from the chosen backbone
 ``detectron2`` the same through a detectron2 predictor (only if installed)          detectron2 checkpoint +
                                                                                     backbone
+``proposals``  class-agnostic object boxes from multi-scale graph-based             backbone (EfficientNet-Lite0
+               segmentation ranked by colour contrast (:mod:`features.segment`),    built in)
+               pooled from the backbone, plus each box's colour statistics
 =============  ===================================================================  ==========================
 
 Images reach a backend already decoded and resized to ``image_size x image_size`` (a plain stretch, so normalised
@@ -42,9 +45,10 @@ from features.defaults import GRID_DEFAULTS
 from features.errors import FeaturesError
 from features.pooling import COLOUR_STATS_DIM, box_colour_hist, box_colour_stats, grid_boxes, roi_mean_pool
 from features.proposers import Detectron2Detector, TorchvisionDetector
+from features.segment import SEGMENT_DEFAULTS, SegmentProposer
 
 __all__ = ["BACKENDS", "DetectorExtractor", "Detectron2Extractor", "ExtractedBatch", "Extractor", "GridExtractor",
-           "PatchesExtractor", "create_extractor", "list_backends"]
+           "PROPOSALS_DEFAULTS", "PatchesExtractor", "ProposalsExtractor", "create_extractor", "list_backends"]
 
 logger = logging.getLogger(__name__)
 
@@ -314,12 +318,130 @@ class Detectron2Extractor(DetectorExtractor):
         self._setup(proposer, backbone, weights, random_weights, image_size, pool_size, layer, seed)
 
 
+#: Options of the ``proposals`` backend's network and features by default (its box options: SEGMENT_DEFAULTS).
+PROPOSALS_DEFAULTS: dict[str, Any] = {"backbone": "efficientnet_lite0", "layer": 3, "image_size": 320,
+                                      "pool_size": 2, "whole_image": True, "colour_stats": True, "colour_scale": 20.0}
+
+
+class ProposalsExtractor(Extractor):
+    """Object proposals without detector weights: segmentation boxes (:mod:`features.segment`) pooled from a CNN map.
+
+    Each image (the ``image_size`` network input) is segmented on the CPU by :class:`~features.segment.SegmentProposer`
+    (multi-scale Felzenszwalb segments and their selective-search grouping, ranked by their colour contrast with the
+    ring around their box, NMS, the best ``num_boxes``); each box is RoI-aligned and mean-pooled from the backbone's map
+    (as the ``grid`` backend pools its cells) and, with ``colour_stats``, gets its pixels' channel means and standard
+    deviations appended. With ``whole_image`` region 0 is the whole image, then the proposals best first; the rest up
+    to K is padding with the whole-image box. Each sample's JSON keeps ``num_valid`` (the real regions: the whole
+    image and the proposals; what the data loaders keep), ``num_proposals`` (the boxes found; 0 for a flat image)
+    and ``proposal_scores``. ``num_valid`` is never 0: without ``whole_image`` an image in which nothing is found keeps
+    the whole-image box as its one region (a model needs one region per image at least).
+
+    Segmentation runs on the network input, not on the original image, because ``vlm predict`` and ``vlm serve`` hand
+    a backend only that image: the same picture gives the same boxes at extraction and at inference.
+
+    Args:
+        backbone: Backbone whose feature map is pooled (see :class:`GridExtractor`).
+        weights: Local backbone weights file.
+        random_weights: Use random backbone weights (tests, timing).
+        image_size: Input side S. Larger than ``grid``'s 224 so that a small object has map cells of its own: at 320
+            px the default stage 3 (stride 16) is a 20x20 map of 16-px cells.
+        layer: Backbone stage whose map is pooled (-1: the last). The default, 3 (stride 16, 112 channels), told the
+            shape of small objects best in a linear probe (docs/features.md, "proposals").
+        pool_size: RoI-align output side before mean pooling.
+        num_boxes: Proposals per image (K = ``num_boxes`` + 1 with ``whole_image``).
+        whole_image: Put the whole-image box first, as a context region.
+        scales: Felzenszwalb scales (:class:`~features.segment.SegmentProposer`).
+        sigma: Gaussian smoothing before segmenting, in working-image pixels.
+        segment_size: Longest side of the image the segmentation works on (the input is area-resized to it).
+        min_area: Smallest proposal, as a share of the image.
+        max_area: Largest proposal, as a share of the image.
+        nms_thresh: IoU above which the lower-scored of two proposals is dropped.
+        score: Ranking of the proposals, ``"contrast"`` or ``"area"`` (:data:`features.segment.SCORES`).
+        border_penalty: Weight of the image-border factor of the score.
+        grouping: Also propose the union of each pair of adjacent segments.
+        colour_stats: Append each box's colour statistics (see :class:`GridExtractor`).
+        colour_scale: Factor on the colour statistics (see :class:`GridExtractor`).
+        seed: Seed of random weights.
+        device: Where to run the backbone (segmentation runs on the CPU).
+    """
+
+    name = "proposals"
+
+    def __init__(self, backbone: str = PROPOSALS_DEFAULTS["backbone"], weights: str | None = None,
+                 random_weights: bool = False, image_size: int = PROPOSALS_DEFAULTS["image_size"],
+                 layer: int = PROPOSALS_DEFAULTS["layer"], pool_size: int = PROPOSALS_DEFAULTS["pool_size"],
+                 num_boxes: int = SEGMENT_DEFAULTS["num_boxes"], whole_image: bool = PROPOSALS_DEFAULTS["whole_image"],
+                 scales: list[float] | tuple[float, ...] = SEGMENT_DEFAULTS["scales"],
+                 sigma: float = SEGMENT_DEFAULTS["sigma"], segment_size: int = SEGMENT_DEFAULTS["segment_size"],
+                 min_area: float = SEGMENT_DEFAULTS["min_area"], max_area: float = SEGMENT_DEFAULTS["max_area"],
+                 nms_thresh: float = SEGMENT_DEFAULTS["nms_thresh"], score: str = SEGMENT_DEFAULTS["score"],
+                 border_penalty: float = SEGMENT_DEFAULTS["border_penalty"],
+                 grouping: bool = SEGMENT_DEFAULTS["grouping"],
+                 colour_stats: bool = PROPOSALS_DEFAULTS["colour_stats"],
+                 colour_scale: float = PROPOSALS_DEFAULTS["colour_scale"], seed: int = 0,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__(device)
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
+            raise FeaturesError(f"backend 'proposals': image_size ({image_size!r}) must be an integer of at least 32")
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise FeaturesError(f"backend 'proposals': pool_size ({pool_size!r}) must be a positive integer")
+        if not (isinstance(colour_scale, (int, float)) and math.isfinite(float(colour_scale))
+                and float(colour_scale) > 0):
+            raise FeaturesError(f"backend 'proposals': colour_scale ({colour_scale!r}) must be a positive finite "
+                                "number")
+        self.proposer = SegmentProposer(num_boxes=num_boxes, scales=scales, sigma=sigma, segment_size=segment_size,
+                                        min_area=min_area, max_area=max_area, nms_thresh=nms_thresh, score=score,
+                                        border_penalty=border_penalty, grouping=grouping)
+        self.backbone = create_backbone(backbone, weights=weights, random_weights=random_weights, layer=layer,
+                                        seed=seed).to(self.device)
+        self.image_size, self.layer, self.pool_size = image_size, layer, pool_size
+        self.whole_image, self.colour_stats, self.colour_scale = bool(whole_image), bool(colour_stats), \
+            float(colour_scale)
+        self.num_regions = num_boxes + int(self.whole_image)
+        self.feature_dim = self.backbone.out_channels + (COLOUR_STATS_DIM if self.colour_stats else 0)
+        self.weights_info = {"backbone": self.backbone.weights_info}
+        self.random_weights = self.backbone.weights_info["source"] == "random"
+
+    def settings(self) -> dict[str, Any]:
+        return {"backbone": self.backbone.name, "layer": self.layer, "image_size": self.image_size,
+                "pool_size": self.pool_size, "whole_image": self.whole_image, **self.proposer.settings,
+                "colour_stats": self.colour_stats, "colour_scale": self.colour_scale,
+                "mean": list(self.backbone.mean), "std": list(self.backbone.std)}
+
+    def propose(self, images: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """Boxes ``[B, K, 4]`` in pixels of the ``S x S`` input, and each image's metadata, for a uint8 batch."""
+        size = images.shape[-1]
+        whole = torch.tensor([[0.0, 0.0, float(size), float(size)]])
+        boxes, meta = [], []
+        for image in images.permute(0, 2, 3, 1).cpu().numpy():  # (S, S, 3) uint8 each
+            found = self.proposer(image)
+            rows = torch.cat([whole, found.boxes]) if self.whole_image else found.boxes
+            boxes.append(rows)
+            meta.append({"num_valid": max(1, found.num_valid + int(self.whole_image)),
+                         "num_proposals": found.num_valid,
+                         "proposal_scores": [round(float(s), 6) for s in found.scores[:found.num_valid]]})
+        return torch.stack(boxes), meta
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor) -> ExtractedBatch:
+        boxes, meta = self.propose(images)
+        x = self._normalise(images, self.backbone.mean, self.backbone.std)
+        fmap = self.backbone(x)  # (B, C, h, w)
+        boxes = boxes.to(self.device)
+        pooled = roi_mean_pool(fmap, boxes, spatial_scale=fmap.shape[-1] / x.shape[-1], output_size=self.pool_size)
+        if self.colour_stats:
+            pooled = torch.cat([pooled, self.colour_scale * box_colour_stats(x, boxes)], dim=-1)
+        norm_boxes = (boxes / float(x.shape[-1])).clamp_(0.0, 1.0).float().cpu().numpy()
+        return ExtractedBatch(feats=pooled.to(torch.float16).cpu().numpy(), boxes=norm_boxes, meta=meta)
+
+
 #: Backends by name.
 BACKENDS: dict[str, type[Extractor]] = {
     "patches": PatchesExtractor,
     "grid": GridExtractor,
     "detector": DetectorExtractor,
     "detectron2": Detectron2Extractor,
+    "proposals": ProposalsExtractor,
 }
 
 

@@ -32,6 +32,9 @@ backends (default: grid with the built-in pretrained EfficientNet-Lite0, for eve
               folders and lists 224px 7x7 => K=49, D=320; see features.default_extraction)
   patches     raw pixel patches + whole image, no weights (default: 64x64 image, 4x4 patches of 16x16 + 1 => K=17,
               D=768, ImageNet mean/std normalisation)
+  proposals   class-agnostic object proposals from graph-based segmentation (scikit-image felzenszwalb at several
+              scales, selective-search grouping, ranked by colour contrast with their surroundings, top K=36),
+              pooled from efficientnet_lite0's stride-16 stage at 320 px + colour statistics; no detector weights
   detector    torchvision Faster R-CNN top-K boxes (K=36) with labels/scores, pooled from --backbone
   detectron2  the same through a detectron2 predictor (--d2-config, --d2-weights), if detectron2 is installed
 
@@ -54,9 +57,21 @@ _BACKEND_FLAGS = {
     "detector_weights": "--detector-weights", "num_boxes": "--num-boxes", "score_thresh": "--score-thresh",
     "nms_thresh": "--nms-thresh", "detector_min_size": "--detector-min-size", "d2_config": "--d2-config",
     "d2_weights": "--d2-weights", "colour_stats": "--colour-stats", "colour_hist": "--colour-hist",
-    "colour_scale": "--colour-scale",
+    "colour_scale": "--colour-scale", "scales": "--scales", "score": "--score", "min_area": "--min-area",
+    "max_area": "--max-area", "sigma": "--sigma", "segment_size": "--segment-size", "grouping": "--grouping",
+    "border_penalty": "--border-penalty",
 }
 _IGNORABLE = ("random_weights", "seed")  # harmless for backends without weights
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
 
 
 def _extract_parser() -> argparse.ArgumentParser:
@@ -110,10 +125,24 @@ def _extract_parser() -> argparse.ArgumentParser:
                          help="grid: factor on the colour values (easy-VQA default 20; see docs/features.md)")
     options.add_argument("--detector", default=None, help="detector: torchvision model (fasterrcnn_resnet50_fpn)")
     options.add_argument("--detector-weights", default=None, metavar="PATH", help="detector: state dict file")
-    options.add_argument("--num-boxes", type=int, default=None, help="detector/detectron2: K boxes (default 36)")
+    options.add_argument("--num-boxes", type=int, default=None,
+                         help="detector/detectron2/proposals: K boxes (default 36)")
     options.add_argument("--score-thresh", type=float, default=None, help="detector: minimum score")
-    options.add_argument("--nms-thresh", type=float, default=None, help="detector: NMS IoU threshold")
+    options.add_argument("--nms-thresh", type=float, default=None, help="detector/proposals: NMS IoU threshold")
     options.add_argument("--detector-min-size", type=int, default=None, help="detector: resize shorter side to N")
+    options.add_argument("--scales", type=_floats, default=None, metavar="K1,K2,...",
+                         help="proposals: felzenszwalb scales (default 100,300,900; larger: larger segments)")
+    options.add_argument("--score", default=None, choices=("contrast", "area"),
+                         help="proposals: how candidates are ranked (default contrast)")
+    options.add_argument("--min-area", type=float, default=None, help="proposals: smallest box, share of the image")
+    options.add_argument("--max-area", type=float, default=None, help="proposals: largest box, share of the image")
+    options.add_argument("--sigma", type=float, default=None, help="proposals: Gaussian smoothing before segmenting")
+    options.add_argument("--segment-size", type=int, default=None,
+                         help="proposals: longest side of the image segmentation works on (default 192)")
+    options.add_argument("--grouping", action=argparse.BooleanOptionalAction, default=None,
+                         help="proposals: add unions of adjacent segments and selective search's grouping (default on)")
+    options.add_argument("--border-penalty", type=float, default=None,
+                         help="proposals: score lowered for boxes along the image border (0-1)")
     options.add_argument("--d2-config", default=None, help="detectron2: config file or model-zoo name")
     options.add_argument("--d2-weights", default=None, metavar="PATH", help="detectron2: checkpoint file")
     return parser

@@ -17,6 +17,10 @@ decoded by :func:`features.decode.decode_image`, and writes webdataset shards (:
 * **Bad images.** With ``on_error="skip"`` (the default) an image that cannot be opened or decoded is left out, counted,
   logged and listed with its reason in the manifest's ``failed`` list; ``on_error="fail"`` stops at the first one with
   :class:`~features.errors.ImageReadError` naming the file.
+* **Padded regions.** For a backend whose samples record ``num_valid`` (``detector``, ``detectron2``, ``proposals``),
+  each shard's sidecar counts the images padded to K (``num_padded``) and those in which the backend found no region
+  at all (``num_no_regions``: no detection, or no segmentation proposal in a flat image); the manifest sums them under
+  ``regions`` and a run with images of no region logs a warning.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from tqdm.auto import tqdm
 from features.backends import Extractor, create_extractor
 from features.decode import decode_image
 from features.errors import FeaturesError, ImageReadError, StoreError
-from features.io import prepare_output_dir
+from features.io import atomic_write_json, prepare_output_dir
 from features.sources import ImageRecord, describe_source, resolve_source
 from features.store.format import MANIFEST, is_store_file
 from features.store.manifest import finalize_store, load_manifest, make_plan, store_lock
@@ -294,7 +298,7 @@ def extract(source: str | Sequence[ImageRecord], out_dir: str | os.PathLike[str]
              num_workers=default_num_workers() if num_workers is None else num_workers, on_error=on_error,
              progress=progress)
     with store_lock(directory):
-        manifest = finalize_store(directory, plan)
+        manifest = _count_regions(directory, finalize_store(directory, plan))
         if manifest["complete"] and not manifest["num_samples"]:  # nothing to keep; a fixed rerun must start afresh
             prepare_output_dir(directory, overwrite=True, owned=is_store_file)
     if manifest["complete"] and not manifest["num_samples"]:
@@ -304,6 +308,29 @@ def extract(source: str | Sequence[ImageRecord], out_dir: str | os.PathLike[str]
     if manifest["num_failed"]:
         logger.warning("%d image(s) could not be read and were skipped; they are listed under 'failed' in %s",
                        manifest["num_failed"], directory / MANIFEST)
+    if manifest.get("regions", {}).get("num_no_regions"):
+        logger.warning("in %d image(s) backend %r found no region (flat or empty images): each keeps only the "
+                       "whole-image box; counted under 'regions' in %s", manifest["regions"]["num_no_regions"],
+                       extractor.name, directory / MANIFEST)
+    return manifest
+
+
+def _region_counts(meta: dict[str, Any], num_regions: int) -> tuple[bool, bool]:
+    """``(padded, no_region)`` of one sample of a backend that records ``num_valid``: fewer real regions than K, and
+    no region found at all (``num_proposals`` of the ``proposals`` backend, else ``num_valid``, is 0)."""
+    found = meta.get("num_proposals", meta["num_valid"])
+    return int(meta["num_valid"]) < num_regions, int(found) == 0
+
+
+def _count_regions(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add ``regions: {num_padded, num_no_regions}``, summed over the finished shards' sidecars, to the manifest
+    (rewritten) when the shards count them; call it under the store lock."""
+    records = [read_sidecar(directory, i) for i in range(manifest["num_shards"])]
+    counted = [r for r in records if r is not None and "num_padded" in r]
+    if not counted:
+        return manifest
+    manifest["regions"] = {key: sum(int(r.get(key, 0)) for r in counted) for key in ("num_padded", "num_no_regions")}
+    atomic_write_json(directory / MANIFEST, manifest)
     return manifest
 
 
@@ -368,12 +395,13 @@ def _run(extractor: Extractor, records: Sequence[ImageRecord], todo: Sequence[in
     )
     writer: ShardWriter | None = None
     failed: list[dict[str, str]] = []
+    regions: dict[str, int] = {}  # this shard's padding counts, for backends that record num_valid
     bar = tqdm(total=len(work), unit="img", disable=not progress, desc=f"extract[{extractor.name}]", smoothing=0.1)
     try:
         for batch_number, batch in enumerate(loader if num_workers else _read_ahead(loader)):
             shard = batch_shard[batch_number]
             if writer is None:
-                writer, failed = ShardWriter(directory, shard), []
+                writer, failed, regions = ShardWriter(directory, shard), [], {}
             for item, reason in batch["failed"]:
                 record = work[item]
                 if on_error == "fail":
@@ -386,10 +414,14 @@ def _run(extractor: Extractor, records: Sequence[ImageRecord], todo: Sequence[in
                 for row, item in enumerate(batch["indices"]):
                     meta = _sample_meta(batch["sizes"][row], out.meta, row)
                     writer.write(work[item].image_id, out.feats[row], out.boxes[row], meta)
+                    if "num_valid" in meta:
+                        padded, empty = _region_counts(meta, extractor.num_regions)
+                        regions["num_padded"] = regions.get("num_padded", 0) + padded
+                        regions["num_no_regions"] = regions.get("num_no_regions", 0) + empty
             shard_count[shard] -= batch["count"]
             bar.update(batch["count"])
             if shard_count[shard] == 0:
-                record = writer.commit(failed)
+                record = writer.commit(failed, extra=regions or None)
                 logger.debug("finished %s: %d samples, %d failed", record["name"], record["num_samples"], len(failed))
                 writer = None
     finally:
