@@ -114,6 +114,10 @@ def pipeline(args: argparse.Namespace) -> None:
     print(f"test overall {record['test']['overall']:.2f}%")
 
 
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f}"
+
+
 def report(args: argparse.Namespace) -> None:
     rows = [json.loads((Path(d) / "pipeline.json").read_text()) | {"dir": d} for d in args.dirs]
     groups = sorted({g for r in rows for g in r["test"].get("per_question_type", {})})
@@ -129,7 +133,7 @@ def report(args: argparse.Namespace) -> None:
         cells = [Path(r["dir"]).name, f"{t['overall']:.2f}",
                  *[f"{t.get('per_question_type', {}).get(g, float('nan')):.2f}" for g in groups],
                  *[f"{t.get('per_answer_type', {}).get(f, float('nan')):.2f}" for f in families],
-                 f"{r['stages'].get('pretrain_s', 0) / 60:.1f}", f"{r['stages']['finetune_s'] / 60:.1f}", to]
+                 _minutes(r["stages"].get("pretrain_s")), _minutes(r["stages"].get("finetune_s")), to]
         print("| " + " | ".join(cells) + " |")
 
 
