@@ -242,7 +242,7 @@ def _count_statement(scene: list[SceneObject], cfg: WorldConfig) -> list[Candida
         n = _how_many(scene, what)
         for m, word in enumerate(NUMBER_WORDS):
             if m == 1:
-                text = f"there is one {noun[:-1] if noun.endswith('objects') else noun_singular(noun)}"
+                text = f"there is one {noun_singular(noun)}"
             else:
                 text = f"there are {word} {noun}"
             out.append((f"count-{k}", text, "true" if n == m else "false"))
@@ -250,6 +250,7 @@ def _count_statement(scene: list[SceneObject], cfg: WorldConfig) -> list[Candida
 
 
 def noun_singular(noun: str) -> str:
+    """``red objects`` → ``red object``, ``crosses`` → ``cross``, ``squares`` → ``square``."""
     return noun[:-2] if noun.endswith("es") and noun[:-2].endswith(("s", "x", "ch", "sh")) else noun[:-1]
 
 
@@ -311,7 +312,7 @@ def scenes_captions(scene: list[SceneObject], cfg: WorldConfig, rng: np.random.G
     _, noun, what = classes[int(rng.integers(len(classes)))]
     n = _how_many(scene, what)
     if n == 1:
-        out.append(("count", f"there is one {noun[:-1] if noun.endswith('objects') else noun_singular(noun)}"))
+        out.append(("count", f"there is one {noun_singular(noun)}"))
     else:
         out.append(("count", f"there are {NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else n} {noun}"))
     return out
